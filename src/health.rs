@@ -1,0 +1,1 @@
+//! Placeholder for `health` (skeleton commit).

@@ -1,0 +1,1 @@
+//! Placeholder for `http` (skeleton commit).

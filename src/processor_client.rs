@@ -1,0 +1,1 @@
+//! Placeholder for `processor_client` (skeleton commit).

@@ -1,0 +1,2 @@
+//! Placeholder for the shared-memory core (skeleton commit).
+pub mod worker;
