@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rinha", version, about = "Rinha de Backend 2025 payment intermediary on shared memory")]
+#[command(
+    name = "rinha",
+    version,
+    about = "Rinha de Backend 2025 payment intermediary on shared memory"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
