@@ -25,6 +25,7 @@ pub mod consumer;
 pub mod contest;
 pub mod health;
 pub mod http;
+pub mod iso8601;
 pub mod lb;
 pub mod money;
 pub mod processor_client;

@@ -1,1 +1,545 @@
-//! Placeholder for `http` (skeleton commit).
+//! Our HTTP/1.1 server loop on `may` coroutines, shared by `rinha api` and `rinha processor`.
+//!
+//! Owns the wire: reading requests (parsed by `httparse`), bounding what a client may send,
+//! writing responses, keep-alive and pipelining. A [`Handler`] sees only complete, valid
+//! requests and fills a [`Response`]. We need our own loop because the balancer hands the
+//! API processes already-accepted sockets, which `may_minihttp` cannot take.
+//!
+//! Contract, per connection (one coroutine each):
+//! - Requests are answered in order; pipelined requests are answered in one write.
+//! - Bodies need `Content-Length` (at most [`Limits::max_body`], else 413 and close). A
+//!   `Transfer-Encoding` request body gets 501 and the connection is closed; a malformed or
+//!   duplicated `Content-Length` gets 400 and close; a malformed request line or header 400
+//!   and close; a head over [`Limits::max_head`] bytes or with too many headers 431 and close.
+//! - HTTP/1.0 closes after the answer unless it asked for keep-alive; `Connection: close` is
+//!   honoured. The head must arrive within [`Limits::head_timeout`] of its first byte and an
+//!   idle connection is closed after [`Limits::idle_timeout`] (slowloris and idle clients
+//!   cost one small coroutine and ~1 KiB of buffers, and are bounded in time).
+//! - A panic inside a handler ends that connection only.
+//! - No allocation per request once a connection's buffers have grown to fit its requests.
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use may::net::{TcpListener, TcpStream};
+
+/// Bounds on what one client may send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request head (request line + headers) in bytes.
+    pub max_head: usize,
+    /// Largest request body in bytes.
+    pub max_body: usize,
+    /// Time allowed from a request's first byte to the end of its head.
+    pub head_timeout: Duration,
+    /// Time a connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// Connections open at once in this process; more are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head: 8192,
+            max_body: 4096,
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// A complete request, borrowed from the connection's buffer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// `GET`, `POST`, ...
+    pub method: &'a str,
+    /// The path without the query string.
+    pub path: &'a str,
+    /// The raw query string after `?` (empty if none).
+    pub query: &'a str,
+    /// Header lines (for handlers that need one, e.g. a token).
+    pub headers: &'a [httparse::Header<'a>],
+    /// The body (`Content-Length` bytes).
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// What to do with the connection after a response (test-only misbehaviour included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Keep the connection for the next request.
+    KeepAlive,
+    /// Send the response, then close.
+    Close,
+    /// Close at once without sending anything (a reset, from the client's view).
+    Abort,
+    /// Send only the first `n` bytes of the response, then close.
+    Truncate(usize),
+    /// Never answer; keep the connection open until the client gives up.
+    Hang,
+}
+
+/// A response being built by a handler. Reused across requests of a connection.
+#[derive(Debug)]
+pub struct Response {
+    status: u16,
+    headers: [&'static str; 4],
+    n_headers: usize,
+    body: Vec<u8>,
+    after: After,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Response {
+    /// An empty 200.
+    pub fn new() -> Self {
+        Response {
+            status: 200,
+            headers: [""; 4],
+            n_headers: 0,
+            body: Vec::new(),
+            after: After::KeepAlive,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.status = 200;
+        self.n_headers = 0;
+        self.body.clear();
+        self.after = After::KeepAlive;
+    }
+
+    /// Sets the status code.
+    pub fn status(&mut self, code: u16) -> &mut Self {
+        self.status = code;
+        self
+    }
+
+    /// Adds a header line such as `"Retry-After: 5"` (at most four).
+    pub fn header(&mut self, line: &'static str) -> &mut Self {
+        if self.n_headers < self.headers.len() {
+            self.headers[self.n_headers] = line;
+            self.n_headers += 1;
+        }
+        self
+    }
+
+    /// Sets a static JSON body.
+    pub fn json(&mut self, body: &str) -> &mut Self {
+        self.body.clear();
+        self.body.extend_from_slice(body.as_bytes());
+        self
+    }
+
+    /// The body buffer, to write into (cleared for each request).
+    pub fn body_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.body
+    }
+
+    /// Sets what happens to the connection after this response.
+    pub fn after(&mut self, after: After) -> &mut Self {
+        self.after = after;
+        self
+    }
+
+    /// The status set so far.
+    pub fn code(&self) -> u16 {
+        self.status
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        let _ = write!(out, "{} {}\r\n", self.status, reason(self.status));
+        if !(self.status == 204 || self.status == 304) {
+            out.extend_from_slice(b"Content-Type: application/json\r\nContent-Length: ");
+            let _ = write!(out, "{}\r\n", self.body.len());
+        }
+        for h in &self.headers[..self.n_headers] {
+            out.extend_from_slice(h.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !(self.status == 204 || self.status == 304) {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+/// The reason phrase of the status codes we use.
+pub fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        422 => "Unprocessable Entity",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// Application logic: turns a request into a response. One clone per connection.
+pub trait Handler: Clone + Send + 'static {
+    /// Fills `rsp` for `req`. May block the coroutine (e.g. `may::coroutine::sleep`).
+    fn handle(&mut self, req: &Request<'_>, rsp: &mut Response);
+}
+
+const STACK_SIZE: usize = 64 * 1024;
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+
+/// Configures the coroutine runtime: call once, before any coroutine, from `main`'s thread.
+pub fn init_runtime(workers: usize) {
+    may::config()
+        .set_workers(workers.max(1))
+        .set_stack_size(STACK_SIZE);
+    may::config().set_worker_pin(false);
+    raise_fd_limit();
+}
+
+/// Raises the soft limit on open files to the hard limit (10,000 idle clients need it).
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(1 << 20), hard);
+    }
+}
+
+/// Runs `f` on a new coroutine.
+pub fn spawn<F: FnOnce() + Send + 'static>(f: F) -> std::io::Result<()> {
+    // SAFETY: may marks spawning unsafe because a coroutine can migrate between worker
+    // threads at any blocking point, so thread-local storage read before and after a yield
+    // may differ. Our coroutines (connection loops and acceptors) keep all their state on
+    // their own stack or in Send + Sync values they own; they use no thread-locals.
+    unsafe {
+        may::coroutine::Builder::new()
+            .stack_size(STACK_SIZE)
+            .spawn(f)
+    }
+    .map(|_| ())
+}
+
+/// Accepts connections on `listener` forever, one coroutine each.
+pub fn serve_listener<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+) -> std::io::Result<()> {
+    spawn(move || loop {
+        match listener.accept() {
+            Ok((stream, _)) => serve_stream(stream, handler.clone(), limits),
+            Err(_) => may::coroutine::sleep(Duration::from_millis(5)), // EMFILE and the like
+        }
+    })
+}
+
+/// Serves a socket accepted elsewhere (handed over by the balancer).
+pub fn serve_fd<H: Handler>(fd: OwnedFd, handler: H, limits: Limits) {
+    let raw = fd.into_raw_fd();
+    // SAFETY: `raw` comes from an OwnedFd we consumed: it is an open socket that nothing
+    // else owns or will close; the TcpStream takes over its ownership.
+    let stream = std::panic::catch_unwind(|| unsafe { TcpStream::from_raw_fd(raw) });
+    if let Ok(stream) = stream {
+        serve_stream(stream, handler, limits);
+    }
+}
+
+/// Serves one accepted stream on its own coroutine.
+pub fn serve_stream<H: Handler>(stream: TcpStream, handler: H, limits: Limits) {
+    if OPEN.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+        return; // dropping the stream closes it
+    }
+    let spawned = spawn(move || {
+        let _ = stream.set_nodelay(true);
+        let mut stream = stream;
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            connection(&mut stream, handler, limits)
+        }));
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    });
+    if spawned.is_err() {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Parsed {
+    /// A request of `head + body` bytes: its handler has filled `rsp`.
+    Done {
+        used: usize,
+        close: bool,
+    },
+    Partial,
+    Reject(u16, &'static str),
+}
+
+fn parse_and_handle<H: Handler>(
+    buf: &[u8],
+    handler: &mut H,
+    rsp: &mut Response,
+    limits: &Limits,
+) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let head = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_head {
+                Parsed::Reject(431, r#"{"error":"request head too large"}"#)
+            } else {
+                Parsed::Partial
+            };
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Parsed::Reject(431, r#"{"error":"too many headers"}"#)
+        }
+        Err(_) => return Parsed::Reject(400, r#"{"error":"malformed HTTP request"}"#),
+    };
+    if head > limits.max_head {
+        return Parsed::Reject(431, r#"{"error":"request head too large"}"#);
+    }
+    let mut length: Option<usize> = None;
+    let mut close = req.version == Some(0);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let v = std::str::from_utf8(h.value).ok().map(str::trim);
+            let n = v
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<usize>().ok());
+            match (n, length) {
+                (None, _) => return Parsed::Reject(400, r#"{"error":"invalid Content-Length"}"#),
+                (Some(_), Some(_)) => {
+                    return Parsed::Reject(400, r#"{"error":"duplicate Content-Length"}"#)
+                }
+                (Some(n), None) => length = Some(n),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Parsed::Reject(
+                501,
+                r#"{"error":"Transfer-Encoding request bodies are not supported; send Content-Length"}"#,
+            );
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            let v = h.value;
+            if v.eq_ignore_ascii_case(b"close") {
+                close = true;
+            } else if v.eq_ignore_ascii_case(b"keep-alive") {
+                close = false;
+            }
+        }
+    }
+    let length = length.unwrap_or(0);
+    if length > limits.max_body {
+        return Parsed::Reject(413, r#"{"error":"request body too large"}"#);
+    }
+    if buf.len() < head + length {
+        return Parsed::Partial;
+    }
+    let full = req.path.unwrap_or("/");
+    let (path, query) = full.split_once('?').unwrap_or((full, ""));
+    let request = Request {
+        method: req.method.unwrap_or(""),
+        path,
+        query,
+        headers: req.headers,
+        body: &buf[head..head + length],
+    };
+    rsp.reset();
+    handler.handle(&request, rsp);
+    Parsed::Done {
+        used: head + length,
+        close,
+    }
+}
+
+fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits) {
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut rsp = Response::new();
+    let mut chunk = [0u8; 2048];
+    let mut head_started: Option<Instant> = None;
+    loop {
+        // Answer every complete request in the buffer (pipelining), then write once.
+        let mut start = 0;
+        let mut finish: Option<After> = None;
+        while start < inbuf.len() {
+            match parse_and_handle(&inbuf[start..], &mut handler, &mut rsp, &limits) {
+                Parsed::Done { used, close } => {
+                    start += used;
+                    head_started = None;
+                    match rsp.after {
+                        After::KeepAlive | After::Close => {
+                            let close = close || rsp.after == After::Close;
+                            rsp.write_to(&mut out, close);
+                            if close {
+                                finish = Some(After::Close);
+                                break;
+                            }
+                        }
+                        other => {
+                            finish = Some(other);
+                            if let After::Truncate(_) = other {
+                                rsp.write_to(&mut out, true);
+                            }
+                            break;
+                        }
+                    }
+                }
+                Parsed::Partial => break,
+                Parsed::Reject(code, body) => {
+                    rsp.reset();
+                    rsp.status(code).json(body);
+                    rsp.write_to(&mut out, true);
+                    finish = Some(After::Close);
+                    break;
+                }
+            }
+        }
+        inbuf.drain(..start);
+        match finish {
+            Some(After::Abort) => return,
+            Some(After::Hang) => {
+                let _ = stream.write_all(&out);
+                let _ = stream.set_read_timeout(Some(limits.idle_timeout));
+                while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
+                return;
+            }
+            Some(After::Truncate(n)) => {
+                let _ = stream.write_all(&out[..n.min(out.len())]);
+                return;
+            }
+            Some(_) => {
+                let _ = stream.write_all(&out);
+                return;
+            }
+            None => {}
+        }
+        if !out.is_empty() {
+            if stream.write_all(&out).is_err() {
+                return;
+            }
+            out.clear();
+        }
+        // Read more, within the time this state allows.
+        let timeout = if inbuf.is_empty() {
+            limits.idle_timeout
+        } else {
+            let started = *head_started.get_or_insert_with(Instant::now);
+            match limits.head_timeout.checked_sub(started.elapsed()) {
+                Some(t) if !t.is_zero() => t,
+                _ => return,
+            }
+        };
+        if stream.set_read_timeout(Some(timeout)).is_err() {
+            return;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if inbuf.is_empty() {
+                    head_started = Some(Instant::now());
+                }
+                inbuf.extend_from_slice(&chunk[..n]);
+            }
+        }
+    }
+}
+
+/// Binds a coroutine TCP listener (port 0 picks a free port).
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// The value of parameter `name` in a raw query string, percent-decoded (`None` if absent).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_found_and_decoded() {
+        let q = "from=2025-07-10T12%3A34%3A56.000Z&to=2025-07-10T12:35:00.000Z&flag";
+        assert_eq!(
+            query_param(q, "from").as_deref(),
+            Some("2025-07-10T12:34:56.000Z")
+        );
+        assert_eq!(
+            query_param(q, "to").as_deref(),
+            Some("2025-07-10T12:35:00.000Z")
+        );
+        assert_eq!(query_param(q, "flag").as_deref(), Some(""));
+        assert_eq!(query_param(q, "missing"), None);
+        assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+    }
+}
