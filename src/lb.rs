@@ -1,10 +1,186 @@
-//! Placeholder for `lb`: replaced by its implementation (skeleton commit).
+//! `rinha lb`: the balancer on port 9999 in front of the API processes.
+//!
+//! Owns the public listener. Contract:
+//! - **handoff** (default): each accepted client socket is passed to an API process over that
+//!   process's Unix socket with SCM_RIGHTS, round-robin, and the balancer closes its copy: it
+//!   is out of the data path from then on (no extra hop, no extra wake-up per request).
+//! - **proxy**: bytes are copied both ways to an API process's TCP `--listen` address (kept to
+//!   measure against handoff; see the README).
+//! - A backend that dies or refuses is skipped and reconnected in the background (handoff:
+//!   at most every 100 ms, on demand); a socket whose handoff failed goes to the next backend.
+//!   With no backend alive the client socket is closed. The balancer itself never exits
+//!   because of a backend.
+use std::io::IoSlice;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// Command-line arguments of this role.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
 
-/// Runs this role.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("{} is not implemented yet", "lb")
+/// How client connections reach the API processes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Pass the accepted socket itself (SCM_RIGHTS).
+    Handoff,
+    /// Copy bytes to a TCP backend.
+    Proxy,
+}
+
+/// Command-line arguments of `rinha lb`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Public address.
+    #[arg(long, env = "RINHA_LB_LISTEN", default_value = "0.0.0.0:9999")]
+    pub listen: SocketAddr,
+    /// Backends: Unix socket paths (handoff) or host:port (proxy), comma-separated.
+    #[arg(
+        long = "backend",
+        env = "RINHA_LB_BACKENDS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub backends: Vec<String>,
+    /// handoff or proxy.
+    #[arg(long, env = "RINHA_LB_MODE", value_enum, default_value = "handoff")]
+    pub mode: Mode,
+}
+
+struct Backend {
+    path: PathBuf,
+    conn: Option<UnixStream>,
+    last_try: Option<Instant>,
+}
+
+impl Backend {
+    fn connected(&mut self) -> Option<&UnixStream> {
+        if self.conn.is_none()
+            && self
+                .last_try
+                .is_none_or(|t| t.elapsed() >= Duration::from_millis(100))
+        {
+            self.last_try = Some(Instant::now());
+            self.conn = UnixStream::connect(&self.path).ok();
+        }
+        self.conn.as_ref()
+    }
+
+    /// Sends `client`'s descriptor; false (and disconnected) if the backend is gone.
+    fn hand(&mut self, client: &TcpStream) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let Some(conn) = self.connected() else {
+            return false;
+        };
+        let fds = [client.as_raw_fd()];
+        let cmsg = [ControlMessage::ScmRights(&fds)];
+        let iov = [IoSlice::new(b"c")];
+        match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => true,
+            Err(_) => {
+                self.conn = None;
+                false
+            }
+        }
+    }
+}
+
+fn run_handoff(listener: TcpListener, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let mut backends: Vec<Backend> = paths
+        .into_iter()
+        .map(|path| Backend {
+            path,
+            conn: None,
+            last_try: None,
+        })
+        .collect();
+    for b in &mut backends {
+        b.connected();
+    }
+    let mut next = 0usize;
+    loop {
+        let client = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5)); // EMFILE and the like
+                continue;
+            }
+        };
+        let _ = client.set_nodelay(true);
+        let n = backends.len();
+        for i in 0..n {
+            let b = &mut backends[(next + i) % n];
+            if b.hand(&client) {
+                next = (next + i + 1) % n;
+                break;
+            }
+        }
+        // Our copy of the descriptor closes here; the API process holds its own.
+    }
+}
+
+fn run_proxy(listen: SocketAddr, backends: Vec<SocketAddr>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("--listen {listen}: cannot listen"))?;
+        println!("ready lb {}", listener.local_addr()?);
+        let mut next = 0usize;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let start = next;
+            next = (next + 1) % backends.len();
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for i in 0..backends.len() {
+                    let addr = backends[(start + i) % backends.len()];
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(addr).await {
+                        let _ = up.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+                        return;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// Runs the balancer until the process is killed.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.backends.is_empty() {
+        anyhow::bail!("--backend (RINHA_LB_BACKENDS) needs at least one backend");
+    }
+    match args.mode {
+        Mode::Handoff => {
+            let paths: Vec<PathBuf> = args.backends.iter().map(PathBuf::from).collect();
+            let listener = TcpListener::bind(args.listen)
+                .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
+            println!("ready lb {}", listener.local_addr()?);
+            eprintln!(
+                "rinha lb: {} -> {} API processes (socket handoff)",
+                args.listen,
+                paths.len()
+            );
+            run_handoff(listener, paths)
+        }
+        Mode::Proxy => {
+            let addrs = args
+                .backends
+                .iter()
+                .map(|b| {
+                    b.parse::<SocketAddr>().with_context(|| {
+                        format!("--backend {b}: proxy mode needs host:port backends")
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            run_proxy(args.listen, addrs)
+        }
+    }
 }

@@ -1,10 +1,237 @@
-//! Placeholder for `api`: replaced by its implementation (skeleton commit).
+//! `rinha api`: the contest's HTTP API, answered from the shared file.
+//!
+//! Owns the routes and their validation; the wire is [`crate::http`]. Contract:
+//! - `POST /payments` `{"correlationId": UUID, "amount": decimal}`: validated (see
+//!   [`payment`]), checked against the shared id set, pushed into the ring, then 202 with an
+//!   empty body. A correlationId accepted before (by any API process, since the last purge)
+//!   gets 200 `{"duplicate":true,...}` and nothing is queued. A full ring: 503, and the id is
+//!   forgotten again so that the client may retry. Bad input: 400 with `{"error": ...}`,
+//!   nothing queued.
+//! - `GET /payments-summary[?from=..&to=..]`: per-processor count and exact amount of what the
+//!   processors accepted, inclusive bounds on the requestedAt we sent them; 400 on a
+//!   malformed date.
+//! - `POST /purge-payments`: empties queue, stats and id set (see `shm-layout.md`), 200.
+//! - Anything else: 404 (unknown path) or 405 (known path, wrong method).
+//!
+//! Sockets arrive from the balancer over a Unix socket (`--socket`, SCM_RIGHTS) or from a
+//! plain TCP listener (`--listen`).
+pub mod payment;
 
-/// Command-line arguments of this role.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Runs this role.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("{} is not implemented yet", "api")
+use anyhow::Context;
+
+use crate::http::{self, Handler, Limits, Request, Response};
+use crate::shm::ids::Insert;
+use crate::shm::{Member, Region, RegionConfig, Role, Summary};
+
+/// Command-line arguments of `rinha api`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The shared file (created if absent).
+    #[arg(long, env = "RINHA_SHM", default_value = "/dev/shm/rinha-shm")]
+    pub shm: PathBuf,
+    /// Unix socket on which the balancer hands over client sockets.
+    #[arg(long, env = "RINHA_API_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Plain TCP listener (tests, proxy mode), e.g. 127.0.0.1:9001 (port 0 = any).
+    #[arg(long, env = "RINHA_API_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Coroutine worker threads.
+    #[arg(long, env = "RINHA_API_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+}
+
+/// The API's request handler (one clone per connection).
+#[derive(Clone)]
+pub struct Api {
+    region: Arc<Region>,
+    member: Arc<Member>,
+}
+
+const NOT_FOUND: &str = r#"{"error":"not found"}"#;
+const NOT_ALLOWED: &str = r#"{"error":"method not allowed"}"#;
+
+impl Api {
+    /// A handler over `region`, pushing as `member`.
+    pub fn new(region: Arc<Region>, member: Arc<Member>) -> Api {
+        Api { region, member }
+    }
+
+    fn post_payment(&self, req: &Request<'_>, rsp: &mut Response) {
+        let p = match payment::decode(req.body, crate::shm::unix_ms()) {
+            Ok(p) => p,
+            Err(e) => {
+                rsp.status(400);
+                let _ = write!(rsp.body_mut(), r#"{{"error":"{}"}}"#, e.message());
+                return;
+            }
+        };
+        let ids = self.region.ids();
+        match ids.insert(&p.id) {
+            Insert::Seen => {
+                rsp.status(200)
+                    .json(r#"{"duplicate":true,"message":"this correlationId was already accepted; it is processed once"}"#);
+                return;
+            }
+            Insert::New | Insert::Full => {}
+        }
+        match self.region.ring().push(&self.member, &p) {
+            Ok(()) => {
+                rsp.status(202);
+            }
+            Err(_) => {
+                ids.remove(&p.id);
+                rsp.status(503)
+                    .json(r#"{"error":"payment queue is full, retry later"}"#);
+            }
+        }
+    }
+
+    fn summary(&self, req: &Request<'_>, rsp: &mut Response) {
+        let bound = |name: &str| match http::query_param(req.query, name) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => crate::iso8601::parse_ms(&v).map(Some).ok_or(()),
+        };
+        let (Ok(from), Ok(to)) = (bound("from"), bound("to")) else {
+            rsp.status(400).json(
+                r#"{"error":"from and to must be ISO-8601 UTC instants such as 2025-07-10T12:34:56.000Z"}"#,
+            );
+            return;
+        };
+        let s = self.region.stats().summary(from, to);
+        rsp.status(200);
+        write_summary(rsp.body_mut(), &s);
+    }
+}
+
+/// The summary's JSON, amounts with exactly two decimals.
+pub fn write_summary(out: &mut Vec<u8>, s: &Summary) {
+    let _ = write!(
+        out,
+        r#"{{"default":{{"totalRequests":{},"totalAmount":{}.{:02}}},"fallback":{{"totalRequests":{},"totalAmount":{}.{:02}}}}}"#,
+        s.default.count,
+        s.default.cents / 100,
+        s.default.cents % 100,
+        s.fallback.count,
+        s.fallback.cents / 100,
+        s.fallback.cents % 100
+    );
+}
+
+impl Handler for Api {
+    fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
+        match (req.path, req.method) {
+            ("/payments", "POST") => self.post_payment(req, rsp),
+            ("/payments-summary", "GET") => self.summary(req, rsp),
+            ("/purge-payments", "POST") => {
+                self.region.purge();
+                rsp.status(200).json(r#"{"message":"purged"}"#);
+            }
+            ("/payments" | "/payments-summary" | "/purge-payments", _) => {
+                rsp.status(405).json(NOT_ALLOWED);
+            }
+            _ => {
+                rsp.status(404).json(NOT_FOUND);
+            }
+        }
+    }
+}
+
+/// Receives client sockets from one balancer connection until it closes.
+fn receive_sockets(conn: UnixStream, api: Api, limits: Limits) {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 64];
+    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 32]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut byte)];
+        let msg = match recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        let mut got_any = false;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(fds) = c {
+                    for fd in fds {
+                        got_any = true;
+                        // SAFETY: SCM_RIGHTS installed `fd` as a new descriptor in this
+                        // process just now; nothing else knows or owns it.
+                        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                        http::serve_fd(owned, api.clone(), limits);
+                    }
+                }
+            }
+        }
+        if msg.bytes == 0 && !got_any {
+            return; // the balancer closed the connection
+        }
+    }
+}
+
+/// Runs the API until the process is killed.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.socket.is_none() && args.listen.is_none() {
+        anyhow::bail!("give --socket (RINHA_API_SOCKET) or --listen (RINHA_API_LISTEN), or both");
+    }
+    if args.workers == 0 {
+        anyhow::bail!("--workers (RINHA_API_WORKERS) must be at least 1");
+    }
+    http::init_runtime(args.workers);
+    let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
+    let member = Arc::new(region.join(Role::Api)?);
+    let api = Api::new(Arc::clone(&region), member);
+    let limits = Limits::default();
+    let mut ready = Vec::new();
+    if let Some(addr) = args.listen {
+        let listener =
+            http::bind(addr).with_context(|| format!("--listen {addr}: cannot listen"))?;
+        let local = listener.local_addr()?;
+        http::serve_listener(listener, api.clone(), limits)?;
+        ready.push(local.to_string());
+    }
+    if let Some(path) = &args.socket {
+        if path.exists() {
+            // A socket file left by a previous run: remove it so that we can bind. (A live
+            // API on the same path would be a configuration error; binding tells it.)
+            let _ = std::fs::remove_file(path);
+        }
+        let listener = UnixListener::bind(path)
+            .with_context(|| format!("--socket {}: cannot bind", path.display()))?;
+        let api = api.clone();
+        std::thread::Builder::new()
+            .name("handoff".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let api = api.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("handoff-conn".into())
+                        .spawn(move || receive_sockets(conn, api, limits));
+                }
+            })
+            .context("start the handoff thread")?;
+        ready.push(format!("unix:{}", path.display()));
+    }
+    println!("ready api {}", ready.join(","));
+    eprintln!(
+        "rinha api: serving {} on {}",
+        ready.join(" and "),
+        region.path().display()
+    );
+    loop {
+        std::thread::park();
+    }
 }

@@ -51,6 +51,7 @@ const WRITING_SPINS: u32 = 10_000;
 const EMPTY: u64 = 0;
 const WRITING: u64 = 1;
 const FULL: u64 = 2;
+const TOMBSTONE: u64 = 3;
 const STATE_MASK: u64 = 3;
 
 /// One entry of the table, 24 bytes, in the shared file.
@@ -131,6 +132,9 @@ impl<'a> IdSet<'a> {
                         }
                     }
                 }
+                if tag & STATE_MASK == TOMBSTONE {
+                    break; // a removed id: occupied for probing, matches nothing
+                }
                 if tag & STATE_MASK == WRITING {
                     let mut spins = 0;
                     while tag & STATE_MASK == WRITING && current(tag) && spins < WRITING_SPINS {
@@ -174,6 +178,40 @@ impl<'a> IdSet<'a> {
                 && entry.hi.load(Ordering::Relaxed) == hi
             {
                 return true;
+            }
+        }
+        false
+    }
+
+    /// Takes `id` out again (the payment it guarded could not be queued after all). The
+    /// entry becomes a tombstone: it keeps later probes going and is reused after a purge.
+    pub fn remove(&self, id: &[u8; 16]) -> bool {
+        let n = self.entries.len();
+        if n == 0 {
+            return false;
+        }
+        let (lo, hi) = split(id);
+        let gen = self.generation.load(Ordering::Acquire);
+        let home = (mix(lo, hi) % n as u64) as usize;
+        for step in 0..MAX_PROBE.min(n) {
+            let entry = &self.entries[(home + step) % n];
+            let tag = entry.tag.load(Ordering::Acquire);
+            if tag >> 2 != gen || tag & STATE_MASK == EMPTY {
+                return false;
+            }
+            if tag & STATE_MASK == FULL
+                && entry.lo.load(Ordering::Relaxed) == lo
+                && entry.hi.load(Ordering::Relaxed) == hi
+            {
+                return entry
+                    .tag
+                    .compare_exchange(
+                        tag,
+                        gen << 2 | TOMBSTONE,
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok();
             }
         }
         false
@@ -237,6 +275,24 @@ mod tests {
             assert!(set.contains(&id(n)));
         }
         assert!(!set.contains(&id(3000)));
+    }
+
+    #[test]
+    fn removed_ids_can_come_back_and_keep_probes_going() {
+        let entries = table(8);
+        let gen = AtomicU64::new(1);
+        let set = IdSet::new(&entries, &gen);
+        for n in 0..6 {
+            assert_eq!(set.insert(&id(n)), Insert::New);
+        }
+        assert!(set.remove(&id(2)));
+        assert!(!set.remove(&id(2)));
+        assert!(!set.contains(&id(2)));
+        for n in [0, 1, 3, 4, 5] {
+            assert!(set.contains(&id(n)), "{n} lost behind the tombstone");
+        }
+        assert_eq!(set.insert(&id(2)), Insert::New);
+        assert_eq!(set.insert(&id(2)), Insert::Seen);
     }
 
     #[test]
