@@ -1,1 +1,514 @@
-//! Placeholder for `processor_client` (skeleton commit).
+//! A keep-alive HTTP/1.1 client towards one payment processor (tokio + `httparse`).
+//!
+//! Owns the connections to one processor and the classification of every answer into an
+//! [`Outcome`] that says what is known about the payment afterwards. Contract:
+//! - The address is resolved when the client is made and again after a connection failure.
+//! - Connections are reused; a connection is returned to the pool only after its whole
+//!   response body was read (Content-Length or chunked).
+//! - [`Outcome::NotSent`] and [`Outcome::Failed`]/[`Outcome::Busy`] mean the processor did not
+//!   store the payment; [`Outcome::Unknown`] means it may have (timeout, reset, garbage).
+//!   Who calls: the consumer, from its tokio runtime.
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::iso8601;
+
+/// What a `POST /payments` told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// 200: stored now.
+    Stored,
+    /// 422: the processor already had this correlationId.
+    AlreadyStored,
+    /// 5xx (or another 4xx): nothing stored.
+    Failed(u16),
+    /// 429: nothing stored; retry after this many seconds.
+    Busy(u64),
+    /// The request never left (connect failed): nothing stored.
+    NotSent,
+    /// Timeout, reset or unreadable answer after sending: may be stored.
+    Unknown,
+}
+
+/// What `GET /payments/{id}` told us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Stored, with this requestedAt.
+    Found(Option<i64>),
+    /// 404.
+    NotFound,
+    /// No usable answer.
+    Error,
+}
+
+/// `GET /payments/service-health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// The processor says it fails.
+    pub failing: bool,
+    /// Its configured delay.
+    pub min_response_ms: u32,
+}
+
+/// A processor's base URL broken down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or IP as written.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `http://host:port` (a trailing `/` allowed; https is refused).
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let rest = rest.trim_end_matches('/');
+        if rest.contains('/') {
+            return Err(format!("{url}: give the base URL without a path"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("{url}: bad port"))?),
+            None => (rest, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("{url}: missing host"));
+        }
+        Ok(Endpoint {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+/// The client of one processor.
+pub struct ProcessorClient {
+    endpoint: Endpoint,
+    addr: Mutex<Option<SocketAddr>>,
+    pool: Mutex<Vec<TcpStream>>,
+    timeout: Duration,
+}
+
+struct Answer {
+    status: u16,
+    retry_after: u64,
+    body: Vec<u8>,
+    reusable: bool,
+}
+
+impl ProcessorClient {
+    /// A client of `endpoint` whose requests give up after `timeout`.
+    pub fn new(endpoint: Endpoint, timeout: Duration) -> ProcessorClient {
+        let c = ProcessorClient {
+            endpoint,
+            addr: Mutex::new(None),
+            pool: Mutex::new(Vec::new()),
+            timeout,
+        };
+        c.resolve();
+        c
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn resolve(&self) -> Option<SocketAddr> {
+        let found = (self.endpoint.host.as_str(), self.endpoint.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next());
+        if let Ok(mut g) = self.addr.lock() {
+            if found.is_some() {
+                *g = found;
+            }
+            return *g;
+        }
+        found
+    }
+
+    async fn connection(&self) -> Option<TcpStream> {
+        if let Some(c) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
+            return Some(c);
+        }
+        let addr = self
+            .addr
+            .lock()
+            .ok()
+            .and_then(|g| *g)
+            .or_else(|| self.resolve())?;
+        let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await;
+        match connect {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Some(s)
+            }
+            _ => {
+                self.resolve();
+                None
+            }
+        }
+    }
+
+    fn give_back(&self, s: TcpStream) {
+        if let Ok(mut p) = self.pool.lock() {
+            if p.len() < 4096 {
+                p.push(s);
+            }
+        }
+    }
+
+    /// Sends one request and reads its answer. `Err(sent)` on failure: whether the request
+    /// may have reached the processor.
+    async fn exchange(&self, request: &[u8]) -> Result<Answer, bool> {
+        let mut stream = self.connection().await.ok_or(false)?;
+        let work = async {
+            stream.write_all(request).await.map_err(|_| true)?;
+            read_answer(&mut stream).await.map_err(|_| true)
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(answer)) => {
+                if answer.reusable {
+                    self.give_back(stream);
+                }
+                Ok(answer)
+            }
+            Ok(Err(sent)) => Err(sent),
+            Err(_) => Err(true),
+        }
+    }
+
+    /// `POST /payments` with `{"correlationId","amount","requestedAt"}`.
+    pub async fn pay(&self, id: &[u8; 16], cents: u64, requested_at_ms: i64) -> Outcome {
+        let mut ts = [0u8; 24];
+        let mut idbuf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::from_bytes(*id)
+            .hyphenated()
+            .encode_lower(&mut idbuf);
+        let body = format!(
+            r#"{{"correlationId":"{id}","amount":{}.{:02},"requestedAt":"{}"}}"#,
+            cents / 100,
+            cents % 100,
+            iso8601::format_ms(requested_at_ms, &mut ts)
+        );
+        let req = format!(
+            "POST /payments HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.endpoint.host,
+            body.len()
+        );
+        match self.exchange(req.as_bytes()).await {
+            Ok(a) => match a.status {
+                200..=299 => Outcome::Stored,
+                422 => Outcome::AlreadyStored,
+                429 => Outcome::Busy(a.retry_after),
+                408 => Outcome::Unknown,
+                s => Outcome::Failed(s),
+            },
+            Err(false) => Outcome::NotSent,
+            Err(true) => Outcome::Unknown,
+        }
+    }
+
+    /// `GET /payments/{id}`.
+    pub async fn lookup(&self, id: &[u8; 16]) -> Lookup {
+        let mut idbuf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::from_bytes(*id)
+            .hyphenated()
+            .encode_lower(&mut idbuf);
+        let req = format!(
+            "GET /payments/{id} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.endpoint.host
+        );
+        match self.exchange(req.as_bytes()).await {
+            Ok(a) if a.status == 200 => {
+                let at = serde_json::from_slice::<serde_json::Value>(&a.body)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("requestedAt")
+                            .and_then(|t| t.as_str())
+                            .and_then(iso8601::parse_ms)
+                    });
+                Lookup::Found(at)
+            }
+            Ok(a) if a.status == 404 => Lookup::NotFound,
+            _ => Lookup::Error,
+        }
+    }
+
+    /// `GET /payments/service-health`; `None` if it did not answer 200 with the right JSON.
+    pub async fn health(&self) -> Option<Health> {
+        let req = format!(
+            "GET /payments/service-health HTTP/1.1\r\nHost: {}\r\n\r\n",
+            self.endpoint.host
+        );
+        let a = self.exchange(req.as_bytes()).await.ok()?;
+        if a.status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&a.body).ok()?;
+        Some(Health {
+            failing: v.get("failing")?.as_bool()?,
+            min_response_ms: u32::try_from(v.get("minResponseTime")?.as_u64()?).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// Reads one HTTP/1.1 response (head, then a Content-Length or chunked body).
+async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    let (status, retry_after, head_len, length, chunked, close) = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("closed before the answer"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut rsp = httparse::Response::new(&mut headers);
+        match rsp.parse(&buf).map_err(|_| bad("malformed answer"))? {
+            httparse::Status::Partial => {
+                if buf.len() > 64 * 1024 {
+                    return Err(bad("answer head too large"));
+                }
+            }
+            httparse::Status::Complete(head) => {
+                let mut length = None;
+                let mut chunked = false;
+                let mut close = rsp.version == Some(0);
+                let mut retry = 1;
+                for h in rsp.headers.iter() {
+                    let v = std::str::from_utf8(h.value).unwrap_or("").trim();
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        length = Some(v.parse::<usize>().map_err(|_| bad("bad content-length"))?);
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = v.to_ascii_lowercase().contains("chunked");
+                    } else if h.name.eq_ignore_ascii_case("connection") {
+                        close = v.eq_ignore_ascii_case("close");
+                    } else if h.name.eq_ignore_ascii_case("retry-after") {
+                        retry = v.parse::<u64>().unwrap_or(1);
+                    }
+                }
+                break (rsp.code.unwrap_or(0), retry, head, length, chunked, close);
+            }
+        }
+    };
+    let mut body = buf.split_off(head_len);
+    if chunked {
+        let body = read_chunked(stream, body).await?;
+        return Ok(Answer {
+            status,
+            retry_after,
+            body,
+            reusable: !close,
+        });
+    }
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(bad("body truncated"));
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            if body.len() > len {
+                return Err(bad("more bytes than announced"));
+            }
+            Ok(Answer {
+                status,
+                retry_after,
+                body,
+                reusable: !close,
+            })
+        }
+        None if status == 204 || status == 304 || (100..200).contains(&status) => Ok(Answer {
+            status,
+            retry_after,
+            body,
+            reusable: !close,
+        }),
+        None => {
+            // Body until close.
+            loop {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+            Ok(Answer {
+                status,
+                retry_after,
+                body,
+                reusable: false,
+            })
+        }
+    }
+}
+
+/// Decodes a chunked body whose first bytes are already in `pending`.
+async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let mut pos = 0;
+    loop {
+        // Need a full size line.
+        let line_end = loop {
+            if let Some(i) = pending[pos..].windows(2).position(|w| w == b"\r\n") {
+                break pos + i;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("chunked body truncated"));
+            }
+            pending.extend_from_slice(&chunk[..n]);
+        };
+        let line =
+            std::str::from_utf8(&pending[pos..line_end]).map_err(|_| bad("bad chunk size"))?;
+        let size_text = line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+        pos = line_end + 2;
+        if size == 0 {
+            // Trailers until an empty line.
+            loop {
+                if let Some(i) = pending[pos..].windows(2).position(|w| w == b"\r\n") {
+                    if i == 0 {
+                        return Ok(out);
+                    }
+                    pos += i + 2;
+                    continue;
+                }
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(bad("chunked trailer truncated"));
+                }
+                pending.extend_from_slice(&chunk[..n]);
+            }
+        }
+        while pending.len() < pos + size + 2 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(bad("chunk truncated"));
+            }
+            pending.extend_from_slice(&chunk[..n]);
+        }
+        out.extend_from_slice(&pending[pos..pos + size]);
+        if &pending[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(bad("chunk not followed by CRLF"));
+        }
+        pos += size + 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            Endpoint::parse("http://payment-processor-default:8080/"),
+            Ok(Endpoint {
+                host: "payment-processor-default".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(Endpoint::parse("http://127.0.0.1").map(|e| e.port), Ok(80));
+        assert!(Endpoint::parse("https://x:1").is_err());
+        assert!(Endpoint::parse("http://x:1/path").is_err());
+        assert!(Endpoint::parse("http://:1").is_err());
+        assert!(Endpoint::parse("http://x:99999").is_err());
+    }
+
+    async fn serve_once(reply: &'static [u8]) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 2048];
+                let _ = s.read(&mut b).await;
+                let _ = s.write_all(reply).await;
+            }
+        });
+        addr
+    }
+
+    fn client(addr: SocketAddr) -> ProcessorClient {
+        ProcessorClient::new(
+            Endpoint {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            },
+            Duration::from_millis(500),
+        )
+    }
+
+    #[tokio::test]
+    async fn classifies_answers() {
+        let cases: [(&'static [u8], Outcome); 6] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+                Outcome::Stored,
+            ),
+            (
+                b"HTTP/1.1 422 X\r\nContent-Length: 0\r\n\r\n",
+                Outcome::AlreadyStored,
+            ),
+            (
+                b"HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n",
+                Outcome::Failed(500),
+            ),
+            (
+                b"HTTP/1.1 429 X\r\nRetry-After: 5\r\nContent-Length: 0\r\n\r\n",
+                Outcome::Busy(5),
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+                Outcome::Stored,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{}",
+                Outcome::Unknown,
+            ),
+        ];
+        for (reply, want) in cases {
+            let c = client(serve_once(reply).await);
+            assert_eq!(
+                c.pay(&[1; 16], 2005, 0).await,
+                want,
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert_eq!(client(closed).pay(&[1; 16], 1, 0).await, Outcome::NotSent);
+    }
+
+    #[tokio::test]
+    async fn chunked_bodies_are_decoded() {
+        let addr = serve_once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n{\"failing\":false\r\n16;x=y\r\n,\"minResponseTime\":12}\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            client(addr).health().await,
+            Some(Health {
+                failing: false,
+                min_response_ms: 12
+            })
+        );
+    }
+}

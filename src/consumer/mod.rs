@@ -1,10 +1,339 @@
-//! Placeholder for `consumer`: replaced by its implementation (skeleton commit).
+//! `rinha consumer`: takes payments off the ring and gets each one accepted by a processor,
+//! exactly once.
+//!
+//! Owns the life of a payment between the ring and the stats log. One OS thread parks on
+//! the ring and hands each payment (already in this member's in-flight table, so a crash
+//! loses nothing) to a task on a single-threaded tokio runtime; thousands of tasks wait on
+//! processors at once without a thread each. Contract, per payment:
+//! - The attempt (processor, requestedAt) is written to the in-flight slot BEFORE sending.
+//! - 200 -> recorded with the requestedAt sent. 422 after an attempt of ours (this
+//!   process's or a dead consumer's) -> the processor has it: recorded. 422 on a payment we
+//!   never sent -> someone else's duplicate: dropped without a record.
+//! - 500 / 429 / refused -> not stored. The payment may be re-routed, unless an earlier
+//!   attempt ended in an unknown outcome: then it stays with that processor until a retry is
+//!   answered 200/422 or `GET /payments/{id}` answers 404 after the processor's delay.
+//! - Timeout, reset, garbage -> unknown: retried on the SAME processor with the SAME
+//!   requestedAt (a stored payment answers 422 and is recorded once).
+//! - Retries back off from 10 ms to 1 s and never give up: a payment leaves the consumer
+//!   only recorded, dropped as a duplicate, or purged.
+//! - Every second the consumer adopts what dead consumers left ([`crate::shm::Member::recover_dead`]).
+//! - One consumer at a time (a lease in the region) polls the processors' health.
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Command-line arguments of this role.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::Context;
 
-/// Runs this role.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("{} is not implemented yet", "consumer")
+use crate::health::{self, View, SLOW_MS};
+use crate::processor_client::{Endpoint, Lookup, Outcome, ProcessorClient};
+use crate::shm::{
+    unix_ms, InFlightId, Member, Processor, ProcessorHealth, Region, RegionConfig, Role,
+};
+
+/// Command-line arguments of `rinha consumer`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The shared file (created if absent).
+    #[arg(long, env = "RINHA_SHM", default_value = "/dev/shm/rinha-shm")]
+    pub shm: PathBuf,
+    /// Base URL of the default processor.
+    #[arg(
+        long,
+        env = "PROCESSOR_DEFAULT_URL",
+        default_value = "http://payment-processor-default:8080"
+    )]
+    pub default_url: String,
+    /// Base URL of the fallback processor.
+    #[arg(
+        long,
+        env = "PROCESSOR_FALLBACK_URL",
+        default_value = "http://payment-processor-fallback:8080"
+    )]
+    pub fallback_url: String,
+    /// Payments this consumer works on at once (at most the region's in-flight slots).
+    #[arg(long, env = "RINHA_MAX_IN_FLIGHT", default_value_t = 3000)]
+    pub max_in_flight: u32,
+    /// A request to a processor with no answer after this many ms has an unknown outcome.
+    /// Keep it above the processors' delays (the contest's longest is 5000).
+    #[arg(long, env = "RINHA_PROCESSOR_TIMEOUT_MS", default_value_t = 12_000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    recorded: [AtomicU64; 2],
+    duplicates: AtomicU64,
+    retries: AtomicU64,
+    recovered: AtomicU64,
+}
+
+struct Ctx {
+    region: Arc<Region>,
+    member: Arc<Member>,
+    clients: [Arc<ProcessorClient>; 2],
+    counters: Counters,
+}
+
+impl Ctx {
+    fn board(&self, p: Processor) -> &ProcessorHealth {
+        self.region.health().processor(p)
+    }
+
+    fn route(&self, now: i64) -> Option<Processor> {
+        let d = View::of(self.board(Processor::Default));
+        let f = View::of(self.board(Processor::Fallback));
+        health::route(&d, &f, now)
+    }
+}
+
+/// Awaits `fut`, flagging `h` as slow while it is outstanding beyond [`SLOW_MS`].
+async fn flag_if_slow<F: Future>(h: &ProcessorHealth, fut: F) -> F::Output {
+    tokio::pin!(fut);
+    tokio::select! {
+        out = &mut fut => return out,
+        _ = tokio::time::sleep(Duration::from_millis(SLOW_MS as u64)) => {}
+    }
+    loop {
+        h.slow_seen_ms.store(unix_ms(), Ordering::Relaxed);
+        tokio::select! {
+            out = &mut fut => return out,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+async fn record(ctx: &Ctx, id: InFlightId, p: Processor, requested_at: i64) {
+    loop {
+        match ctx.member.complete(id, p, requested_at) {
+            Ok(()) => {
+                ctx.counters.recorded[p.index()].fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                // The log is full until a purge: keep the payment, say so now and then.
+                eprintln!("rinha consumer: stats log full; holding payments until a purge");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Settles a payment whose earlier attempt had an unknown outcome and whose retry was not
+/// stored: asks the processor once its delay has passed. True if it is settled (recorded).
+async fn resolve_unknown(
+    ctx: &Ctx,
+    id: InFlightId,
+    target: Processor,
+    requested_at: i64,
+) -> Option<bool> {
+    let delay = i64::from(ctx.board(target).min_response_ms.load(Ordering::Relaxed));
+    let ready_at = requested_at + delay.max(1000) + 1000;
+    let wait = ready_at - unix_ms();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
+    let pay = ctx.member.payment(id);
+    match ctx.clients[target.index()].lookup(&pay.id).await {
+        Lookup::Found(at) => {
+            record(ctx, id, target, at.unwrap_or(requested_at)).await;
+            Some(true)
+        }
+        Lookup::NotFound => Some(false),
+        Lookup::Error => None,
+    }
+}
+
+async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
+    let mut unknown = recovered && ctx.member.payment(id).attempted().is_some();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        if ctx.member.is_purged(id) {
+            ctx.member.discard(id);
+            return;
+        }
+        let p = ctx.member.payment(id);
+        let now = unix_ms();
+        let target = match p.attempted() {
+            Some(t) => t,
+            None => match ctx.route(now) {
+                Some(t) => t,
+                None => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let first_send = p.attempts == 0 && !recovered;
+        let requested_at = if p.attempted().is_some() {
+            p.first_requested_at_ms
+        } else {
+            now
+        };
+        ctx.member.mark_attempt(id, target, requested_at);
+        let started = Instant::now();
+        let board = ctx.board(target);
+        let outcome = flag_if_slow(
+            board,
+            ctx.clients[target.index()].pay(&p.id, p.cents, requested_at),
+        )
+        .await;
+        let ok = matches!(outcome, Outcome::Stored | Outcome::AlreadyStored);
+        health::observe(board, ok, started.elapsed().as_micros() as u64, unix_ms());
+        match outcome {
+            Outcome::Stored => return record(&ctx, id, target, requested_at).await,
+            Outcome::AlreadyStored if first_send => {
+                ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                ctx.member.discard(id);
+                return;
+            }
+            Outcome::AlreadyStored => return record(&ctx, id, target, requested_at).await,
+            Outcome::Failed(_) | Outcome::Busy(_) | Outcome::NotSent => {
+                if unknown {
+                    match resolve_unknown(&ctx, id, target, requested_at).await {
+                        Some(true) => return,
+                        Some(false) => {
+                            unknown = false;
+                            ctx.member.clear_attempt(id);
+                        }
+                        None => {}
+                    }
+                } else {
+                    ctx.member.clear_attempt(id);
+                }
+                if let Outcome::Busy(secs) = outcome {
+                    tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
+                }
+            }
+            Outcome::Unknown => unknown = true,
+        }
+        ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+async fn poller(ctx: Arc<Ctx>) {
+    loop {
+        let now = unix_ms();
+        if ctx.region.health().try_lease(&ctx.member, now) {
+            for p in Processor::ALL {
+                let h = ctx.board(p);
+                if now - h.polled_at_ms.load(Ordering::Relaxed) >= health::POLL_EVERY_MS {
+                    health::poll_once(&ctx.clients[p.index()], h, unix_ms()).await;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn recovery(ctx: Arc<Ctx>) {
+    loop {
+        let member = Arc::clone(&ctx.member);
+        if let Ok(ids) = tokio::task::spawn_blocking(move || member.recover_dead()).await {
+            ctx.counters
+                .recovered
+                .fetch_add(ids.len() as u64, Ordering::Relaxed);
+            for id in ids {
+                tokio::spawn(process(Arc::clone(&ctx), id, true));
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn report(ctx: Arc<Ctx>) {
+    let mut last = [0u64; 2];
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let c = &ctx.counters;
+        let now = [
+            c.recorded[0].load(Ordering::Relaxed),
+            c.recorded[1].load(Ordering::Relaxed),
+        ];
+        if now != last {
+            eprintln!(
+                "rinha consumer {}: recorded default {} fallback {}, retries {}, duplicates {}, recovered {}, queue {}",
+                ctx.member.index(),
+                now[0],
+                now[1],
+                c.retries.load(Ordering::Relaxed),
+                c.duplicates.load(Ordering::Relaxed),
+                c.recovered.load(Ordering::Relaxed),
+                ctx.region.ring().len()
+            );
+            last = now;
+        }
+    }
+}
+
+/// Runs a consumer until the process is killed.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let default = Endpoint::parse(&args.default_url)
+        .map_err(|e| anyhow::anyhow!("--default-url (PROCESSOR_DEFAULT_URL): {e}"))?;
+    let fallback = Endpoint::parse(&args.fallback_url)
+        .map_err(|e| anyhow::anyhow!("--fallback-url (PROCESSOR_FALLBACK_URL): {e}"))?;
+    if args.max_in_flight == 0 {
+        anyhow::bail!("--max-in-flight (RINHA_MAX_IN_FLIGHT) must be at least 1");
+    }
+    if args.timeout_ms < 100 {
+        anyhow::bail!("--timeout-ms (RINHA_PROCESSOR_TIMEOUT_MS) must be at least 100");
+    }
+    let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
+    let member = Arc::new(region.join(Role::Consumer)?);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let ctx = Arc::new(Ctx {
+        region: Arc::clone(&region),
+        member: Arc::clone(&member),
+        clients: [
+            Arc::new(ProcessorClient::new(default, timeout)),
+            Arc::new(ProcessorClient::new(fallback, timeout)),
+        ],
+        counters: Counters::default(),
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<InFlightId>();
+    let limit = args.max_in_flight.min(region.config().inflight_per_member);
+    let per = region.config().inflight_per_member;
+    let taker_member = Arc::clone(&member);
+    let taker_region = Arc::clone(&region);
+    std::thread::Builder::new()
+        .name("ring-taker".into())
+        .spawn(move || loop {
+            // Busy slots = per - free; keep at most `limit` of them.
+            if per - taker_member.take_limit() >= limit {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            if let Some(id) = taker_region
+                .ring()
+                .take(&taker_member, Some(Duration::from_millis(500)))
+            {
+                if tx.send(id).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("start the ring taker")?;
+    println!("ready consumer {}", member.index());
+    eprintln!(
+        "rinha consumer {}: default {} fallback {}, up to {limit} payments in flight",
+        member.index(),
+        args.default_url,
+        args.fallback_url
+    );
+    rt.block_on(async move {
+        tokio::spawn(poller(Arc::clone(&ctx)));
+        tokio::spawn(recovery(Arc::clone(&ctx)));
+        tokio::spawn(report(Arc::clone(&ctx)));
+        while let Some(id) = rx.recv().await {
+            tokio::spawn(process(Arc::clone(&ctx), id, false));
+        }
+    });
+    Ok(())
 }

@@ -30,10 +30,10 @@ pub struct ProcessorHealth {
     pub last_failure_ms: AtomicI64,
     /// Last success seen by a consumer.
     pub last_success_ms: AtomicI64,
-    /// Requests outstanding from all consumers.
-    pub in_flight: AtomicU32,
-    /// Send time of the oldest request still outstanding (0 none), advisory.
-    pub oldest_outstanding_ms: AtomicI64,
+    /// Last time a consumer saw one of its requests outstanding for longer than the
+    /// routing's slow limit (refreshed while such requests last; a time, not a counter, so
+    /// that a consumer that dies cannot leave it set).
+    pub slow_seen_ms: AtomicI64,
 }
 
 /// The board's bytes in the file.
