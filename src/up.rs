@@ -1,10 +1,388 @@
-//! Placeholder for `up`: replaced by its implementation (skeleton commit).
+//! `rinha up`: the whole engine on this machine, one command, no Docker.
+//!
+//! Owns the engine's processes: it starts (children of the same binary) the payment
+//! processor simulators when no processors are given, two API processes, the consumers and
+//! the balancer, all on one shared file; waits for each one's `ready` line; caps the engine
+//! (not the simulators) at the contest's 1.5 CPU / 350 MB with cgroups v1 when it can; then
+//! supervises: a role that exits is started again (with backoff), Ctrl-C or SIGTERM stops
+//! everything, and the cgroups it made are removed.
+//!
+//! ```text
+//! rinha up                      # simulators on 8001/8002, engine on 127.0.0.1:9999
+//! PROCESSOR_DEFAULT_URL=http://127.0.0.1:8001 PROCESSOR_FALLBACK_URL=http://127.0.0.1:8002 rinha up
+//! ```
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
-/// Command-line arguments of this role.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use anyhow::{bail, Context};
 
-/// Runs this role.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("{} is not implemented yet", "up")
+use crate::shm::{Region, RegionConfig};
+
+/// Command-line arguments of `rinha up`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Public address of the balancer.
+    #[arg(long, env = "RINHA_LISTEN", default_value = "127.0.0.1:9999")]
+    pub listen: SocketAddr,
+    /// The shared file.
+    #[arg(long, env = "RINHA_SHM", default_value = "/dev/shm/rinha-shm")]
+    pub shm: PathBuf,
+    /// API processes behind the balancer (at least 2, as the contest requires).
+    #[arg(long, env = "RINHA_APIS", default_value_t = 2)]
+    pub apis: u32,
+    /// Consumer processes.
+    #[arg(long, env = "RINHA_CONSUMERS", default_value_t = 1)]
+    pub consumers: u32,
+    /// Default processor; when neither URL is given, simulators are started.
+    #[arg(long, env = "PROCESSOR_DEFAULT_URL")]
+    pub default_url: Option<String>,
+    /// Fallback processor.
+    #[arg(long, env = "PROCESSOR_FALLBACK_URL")]
+    pub fallback_url: Option<String>,
+    /// Port of the built-in default simulator.
+    #[arg(long, default_value_t = 8001)]
+    pub default_port: u16,
+    /// Port of the built-in fallback simulator.
+    #[arg(long, default_value_t = 8002)]
+    pub fallback_port: u16,
+    /// Do not cap the engine with cgroups.
+    #[arg(long, env = "RINHA_NO_LIMITS")]
+    pub no_limits: bool,
+    /// CPU cap for the engine's processes together.
+    #[arg(long, default_value_t = 1.5)]
+    pub cpus: f64,
+    /// Memory cap for the engine's processes together, MB.
+    #[arg(long, default_value_t = 350)]
+    pub memory_mb: u64,
+    /// Balancer mode (handoff or proxy).
+    #[arg(long, env = "RINHA_LB_MODE", default_value = "handoff")]
+    pub lb_mode: String,
+}
+
+struct Role {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    engine: bool,
+    child: Option<Child>,
+    started: Instant,
+    backoff: Duration,
+}
+
+struct Cgroups {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroups {
+    fn create(cpus: f64, memory_mb: u64) -> Result<Cgroups, String> {
+        let name = format!("rinha-up-{}", std::process::id());
+        let cpu = Path::new("/sys/fs/cgroup/cpu").join(&name);
+        let mem = Path::new("/sys/fs/cgroup/memory").join(&name);
+        if !Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+            return Err("no cgroup v1 cpu controller at /sys/fs/cgroup/cpu".into());
+        }
+        let mut made = Cgroups { dirs: Vec::new() };
+        let step = |r: std::io::Result<()>, what: &str| r.map_err(|e| format!("{what}: {e}"));
+        step(std::fs::create_dir(&cpu), "create the cpu cgroup")?;
+        made.dirs.push(cpu.clone());
+        step(
+            std::fs::write(cpu.join("cpu.cfs_period_us"), "100000"),
+            "cpu.cfs_period_us",
+        )?;
+        let quota = (cpus * 100_000.0).round() as u64;
+        step(
+            std::fs::write(cpu.join("cpu.cfs_quota_us"), quota.to_string()),
+            "cpu.cfs_quota_us",
+        )?;
+        step(std::fs::create_dir(&mem), "create the memory cgroup")?;
+        made.dirs.push(mem.clone());
+        step(
+            std::fs::write(
+                mem.join("memory.limit_in_bytes"),
+                (memory_mb * 1024 * 1024).to_string(),
+            ),
+            "memory.limit_in_bytes",
+        )?;
+        Ok(made)
+    }
+
+    fn add(&self, pid: u32) {
+        for d in &self.dirs {
+            let _ = std::fs::write(d.join("cgroup.procs"), pid.to_string());
+        }
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            for _ in 0..20 {
+                if std::fs::remove_dir(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+struct Engine {
+    roles: Vec<Role>,
+    cgroups: Option<Cgroups>,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Stop in reverse order (balancer first), gently, then for sure.
+        for r in self.roles.iter_mut().rev() {
+            if let Some(c) = &r.child {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    nix::sys::signal::SIGTERM,
+                );
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        for r in self.roles.iter_mut().rev() {
+            if let Some(mut c) = r.child.take() {
+                while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.cgroups.take();
+    }
+}
+
+fn spawn(
+    role: &mut Role,
+    cgroups: Option<&Cgroups>,
+    wait_ready: Duration,
+) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("find our own binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.args(&role.args)
+        .envs(role.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("start {}", role.name))?;
+    if role.engine {
+        if let Some(cg) = cgroups {
+            cg.add(child.id());
+        }
+    }
+    let stdout = child.stdout.take().context("child stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let name = role.name.clone();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        if let Some(Ok(first)) = lines.next() {
+            let _ = tx.send(first);
+        }
+        for line in lines.map_while(Result::ok) {
+            println!("[{name}] {line}");
+        }
+    });
+    role.started = Instant::now();
+    role.child = Some(child);
+    match rx.recv_timeout(wait_ready) {
+        Ok(line) if line.starts_with("ready ") => Ok(line),
+        Ok(line) => bail!("{} said {line:?} instead of ready", role.name),
+        Err(_) => bail!(
+            "{} did not become ready within {wait_ready:?} (see its errors above)",
+            role.name
+        ),
+    }
+}
+
+fn shutdown_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&flag);
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        });
+        f.store(true, Ordering::SeqCst);
+    });
+    flag
+}
+
+/// Runs the engine until Ctrl-C or SIGTERM.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.apis < 2 {
+        bail!("--apis (RINHA_APIS) must be at least 2: the contest requires two web servers");
+    }
+    if args.consumers == 0 {
+        bail!("--consumers (RINHA_CONSUMERS) must be at least 1");
+    }
+    if !(args.cpus > 0.0) {
+        bail!("--cpus must be positive");
+    }
+    let stop = shutdown_flag();
+    // Create (or attach and validate) the shared file now: a bad file is reported here.
+    let region = Region::open(&args.shm, &RegionConfig::default())?;
+    drop(region);
+    let cgroups = if args.no_limits {
+        println!("limits: off (--no-limits)");
+        None
+    } else if !nix::unistd::geteuid().is_root() {
+        println!("limits: not applied (needs root for cgroups); the engine runs uncapped");
+        None
+    } else {
+        match Cgroups::create(args.cpus, args.memory_mb) {
+            Ok(c) => {
+                println!(
+                    "limits: engine capped at {} CPU and {} MB (cgroup v1)",
+                    args.cpus, args.memory_mb
+                );
+                Some(c)
+            }
+            Err(e) => {
+                println!("limits: not applied ({e}); the engine runs uncapped");
+                None
+            }
+        }
+    };
+    let shm = args.shm.display().to_string();
+    let mut roles = Vec::new();
+    let role = |name: String, args: Vec<String>, env: Vec<(String, String)>, engine: bool| Role {
+        name,
+        args,
+        env,
+        engine,
+        child: None,
+        started: Instant::now(),
+        backoff: Duration::from_millis(200),
+    };
+    let (default_url, fallback_url) = match (&args.default_url, &args.fallback_url) {
+        (Some(d), Some(f)) => (d.clone(), f.clone()),
+        (None, None) => {
+            for (name, port, fee) in [("default", args.default_port, "0.07"), ("fallback", args.fallback_port, "0.10")] {
+                roles.push(role(
+                    format!("processor-{name}"),
+                    vec!["processor".into(), "--port".into(), port.to_string(), "--fee".into(), fee.into(), "--name".into(), name.into()],
+                    vec![],
+                    false,
+                ));
+            }
+            (
+                format!("http://127.0.0.1:{}", args.default_port),
+                format!("http://127.0.0.1:{}", args.fallback_port),
+            )
+        }
+        _ => bail!("give both PROCESSOR_DEFAULT_URL and PROCESSOR_FALLBACK_URL, or neither (built-in simulators)"),
+    };
+    let mut sockets = Vec::new();
+    for i in 1..=args.apis {
+        let sock = format!("{shm}.api-{i}.sock");
+        roles.push(role(
+            format!("api-{i}"),
+            vec![
+                "api".into(),
+                "--shm".into(),
+                shm.clone(),
+                "--socket".into(),
+                sock.clone(),
+            ],
+            vec![],
+            true,
+        ));
+        sockets.push(sock);
+    }
+    for i in 1..=args.consumers {
+        roles.push(role(
+            format!("consumer-{i}"),
+            vec!["consumer".into(), "--shm".into(), shm.clone()],
+            vec![
+                ("PROCESSOR_DEFAULT_URL".into(), default_url.clone()),
+                ("PROCESSOR_FALLBACK_URL".into(), fallback_url.clone()),
+            ],
+            true,
+        ));
+    }
+    roles.push(role(
+        "lb".into(),
+        vec![
+            "lb".into(),
+            "--listen".into(),
+            args.listen.to_string(),
+            "--backend".into(),
+            sockets.join(","),
+            "--mode".into(),
+            args.lb_mode.clone(),
+        ],
+        vec![],
+        true,
+    ));
+    let mut engine = Engine { roles, cgroups };
+    for i in 0..engine.roles.len() {
+        let Engine { roles, cgroups } = &mut engine;
+        let line = spawn(&mut roles[i], cgroups.as_ref(), Duration::from_secs(10))?;
+        println!(
+            "started {:<18} {}",
+            roles[i].name,
+            line.trim_start_matches("ready ")
+        );
+    }
+    println!("processors: default {default_url}, fallback {fallback_url}; shared file {shm}");
+    println!("ready up {}", args.listen);
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        let Engine { roles, cgroups } = &mut engine;
+        for r in roles.iter_mut() {
+            let exited = match r.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                r.child = None;
+                r.backoff = if r.started.elapsed() > Duration::from_secs(10) {
+                    Duration::from_millis(200)
+                } else {
+                    (r.backoff * 2).min(Duration::from_secs(5))
+                };
+                eprintln!(
+                    "rinha up: {} exited ({status}); restarting in {:?}",
+                    r.name, r.backoff
+                );
+                std::thread::sleep(r.backoff);
+                if let Err(e) = spawn(r, cgroups.as_ref(), Duration::from_secs(10)) {
+                    eprintln!("rinha up: restart of {} failed: {e:#}", r.name);
+                }
+            }
+        }
+    }
+    println!("rinha up: stopping");
+    drop(engine);
+    Ok(())
 }
