@@ -244,7 +244,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.consumers == 0 {
         bail!("--consumers (RINHA_CONSUMERS) must be at least 1");
     }
-    if !(args.cpus > 0.0) {
+    if args.cpus.is_nan() || args.cpus <= 0.0 {
         bail!("--cpus must be positive");
     }
     let stop = shutdown_flag();
