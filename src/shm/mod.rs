@@ -64,7 +64,7 @@ pub const HEADER_SIZE: usize = 4096;
 pub const MEMBER_ENTRY_SIZE: usize = 64;
 
 /// Which processor accepted a payment.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
 #[repr(u8)]
 pub enum Processor {
     /// The cheaper one.
@@ -372,7 +372,13 @@ impl Region {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.init-{}-{}", std::process::id(), now_ms()));
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        // pid alone is not unique across containers (each has its own pid 1).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = dir.join(format!(".{name}.init-{}-{nanos}-{seq}", std::process::id()));
         let file = OpenOptions::new()
             .read(true)
             .write(true)

@@ -1,0 +1,394 @@
+//! The shared file in one process: lifecycle, bad files, ring, log, purge, recovery.
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rinha::shm::worker::{number_of, numbered};
+use rinha::shm::{Payment, Processor, Region, RegionConfig, Role, Summary, Totals};
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+struct TempShm(PathBuf);
+impl TempShm {
+    fn new() -> TempShm {
+        TempShm(PathBuf::from(format!(
+            "/dev/shm/rinha-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )))
+    }
+}
+impl Drop for TempShm {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn small() -> RegionConfig {
+    RegionConfig {
+        ring_capacity: 64,
+        log_capacity: 4096,
+        max_members: 8,
+        inflight_per_member: 128,
+        id_capacity: 1024,
+    }
+}
+
+fn pay(n: u64) -> Payment {
+    Payment {
+        id: numbered(n),
+        cents: n + 1,
+        received_at_ms: 5,
+        ..Payment::default()
+    }
+}
+
+#[test]
+fn create_then_attach_sees_the_same_region() {
+    let f = TempShm::new();
+    let a = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let b = Arc::new(Region::attach(&f.0).unwrap());
+    assert_eq!(b.config(), &small());
+    let ma = a.join(Role::Api).unwrap();
+    let mb = b.join(Role::Consumer).unwrap();
+    assert_ne!(ma.index(), mb.index());
+    a.ring().push(&ma, &pay(1)).unwrap();
+    let id = b.ring().take(&mb, Some(Duration::ZERO)).unwrap();
+    assert_eq!(mb.payment(id), pay(1));
+}
+
+#[test]
+fn racing_creators_make_one_region() {
+    let f = TempShm::new();
+    let path = f.0.clone();
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let p = path.clone();
+            std::thread::spawn(move || Region::open(&p, &small()).map(|r| r.config().clone()))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap(), small());
+    }
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_string_lossy().contains(&format!(
+                "{}.init",
+                path.file_name().unwrap().to_string_lossy()
+            ))
+        })
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary init files left: {leftovers:?}"
+    );
+}
+
+#[test]
+fn bad_files_are_refused_with_a_clear_error_and_left_alone() {
+    let f = TempShm::new();
+    let name = f.0.display().to_string();
+    // Another program's file.
+    std::fs::write(&f.0, vec![7u8; 8192]).unwrap();
+    let e = Region::open(&f.0, &small()).err().unwrap().to_string();
+    assert!(e.contains(&name) && e.contains("wrong magic"), "{e}");
+    assert_eq!(
+        std::fs::read(&f.0).unwrap(),
+        vec![7u8; 8192],
+        "the file was modified"
+    );
+    // Truncated: shorter than a header.
+    std::fs::write(&f.0, b"RINHASHM").unwrap();
+    let e = Region::attach(&f.0).err().unwrap().to_string();
+    assert!(e.contains(&name) && e.contains("truncated"), "{e}");
+    // A real region cut short.
+    std::fs::remove_file(&f.0).unwrap();
+    drop(Region::open(&f.0, &small()).unwrap());
+    let full = std::fs::read(&f.0).unwrap();
+    std::fs::write(&f.0, &full[..full.len() / 2]).unwrap();
+    let e = Region::attach(&f.0).err().unwrap().to_string();
+    assert!(e.contains("truncated or resized"), "{e}");
+    // An older layout version.
+    let mut old = full.clone();
+    old[8] = 0;
+    std::fs::write(&f.0, &old).unwrap();
+    let e = Region::attach(&f.0).err().unwrap().to_string();
+    assert!(e.contains("layout version 0"), "{e}");
+    // Other capacities than asked for.
+    std::fs::write(&f.0, &full).unwrap();
+    let other = RegionConfig {
+        ring_capacity: 128,
+        ..small()
+    };
+    let e = Region::open(&f.0, &other).err().unwrap().to_string();
+    assert!(e.contains("capacities differ"), "{e}");
+    // A directory that does not exist.
+    let e = Region::open(std::path::Path::new("/nonexistent-dir/x"), &small())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("/nonexistent-dir/x"), "{e}");
+}
+
+#[test]
+fn bad_configurations_name_the_setting() {
+    let f = TempShm::new();
+    let e = Region::open(
+        &f.0,
+        &RegionConfig {
+            ring_capacity: 100,
+            ..small()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("ring_capacity 100"), "{e}");
+    let e = Region::open(
+        &f.0,
+        &RegionConfig {
+            log_capacity: 1000,
+            ..small()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("log_capacity 1000"), "{e}");
+}
+
+#[test]
+fn ring_is_fifo_and_full_is_an_immediate_error() {
+    let f = TempShm::new();
+    let r = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let me = r.join(Role::Consumer).unwrap();
+    for n in 0..64 {
+        r.ring().push(&me, &pay(n)).unwrap();
+    }
+    assert_eq!(r.ring().len(), 64);
+    assert!(r.ring().push(&me, &pay(99)).is_err());
+    for n in 0..64 {
+        let id = r.ring().take(&me, Some(Duration::ZERO)).unwrap();
+        assert_eq!(number_of(&me.payment(id).id), n);
+        me.discard(id);
+    }
+    assert!(r.ring().take(&me, Some(Duration::ZERO)).is_none());
+    // Wraps around many laps.
+    for n in 0..1000 {
+        r.ring().push(&me, &pay(n)).unwrap();
+        let id = r.ring().take(&me, Some(Duration::ZERO)).unwrap();
+        assert_eq!(number_of(&me.payment(id).id), n);
+        me.discard(id);
+    }
+}
+
+#[test]
+fn a_parked_consumer_is_woken_by_a_producer() {
+    let f = TempShm::new();
+    let r = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let r2 = Arc::clone(&r);
+    let waiter = std::thread::spawn(move || {
+        let me = r2.join(Role::Consumer).unwrap();
+        let started = std::time::Instant::now();
+        let id = r2.ring().take(&me, Some(Duration::from_secs(30)));
+        (id.map(|id| me.payment(id)), started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let me = r.join(Role::Api).unwrap();
+    r.ring().push(&me, &pay(7)).unwrap();
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(got, Some(pay(7)));
+    assert!(waited < Duration::from_secs(30));
+}
+
+#[test]
+fn in_flight_limit_is_respected() {
+    let f = TempShm::new();
+    let r = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let me = r.join(Role::Consumer).unwrap();
+    for n in 0..64 {
+        r.ring().push(&me, &pay(n)).unwrap();
+    }
+    let mut held = Vec::new();
+    while let Some(id) = r.ring().take(&me, Some(Duration::ZERO)) {
+        held.push(id);
+        if held.len() == 64 {
+            break;
+        }
+    }
+    assert_eq!(held.len(), 64);
+    assert_eq!(me.take_limit(), 128 - 64);
+}
+
+fn naive(records: &[(i64, u64, Processor)], from: Option<i64>, to: Option<i64>) -> Summary {
+    let mut s = Summary::default();
+    for &(at, cents, p) in records {
+        if from.is_none_or(|f| f <= at) && to.is_none_or(|t| at <= t) {
+            let t = if p == Processor::Default {
+                &mut s.default
+            } else {
+                &mut s.fallback
+            };
+            t.count += 1;
+            t.cents += cents;
+        }
+    }
+    s
+}
+
+#[test]
+fn summary_is_exact_for_many_windows_and_inclusive() {
+    let f = TempShm::new();
+    let cfg = RegionConfig {
+        log_capacity: 8192,
+        ..small()
+    };
+    let r = Region::open(&f.0, &cfg).unwrap();
+    let mut rng = 0x1234_5678_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut recs = Vec::new();
+    for i in 0..5000u64 {
+        // Mostly increasing times with some out-of-order retries.
+        let at = 1_000_000 + i as i64 * 3 - (next() % 50) as i64;
+        let p = if next() % 3 == 0 {
+            Processor::Fallback
+        } else {
+            Processor::Default
+        };
+        let cents = 1 + next() % 100_000;
+        r.stats().append(at, cents, p, &numbered(i)).unwrap();
+        recs.push((at, cents, p));
+    }
+    for _ in 0..3 {
+        // Three passes: the first scans and seals chunks, the later ones use the headers.
+        for _ in 0..200 {
+            let a = 1_000_000 + (next() % 16_000) as i64 - 500;
+            let b = a + (next() % 8000) as i64;
+            assert_eq!(
+                r.stats().summary(Some(a), Some(b)),
+                naive(&recs, Some(a), Some(b)),
+                "[{a}, {b}]"
+            );
+            assert_eq!(
+                r.stats().summary(Some(a), None),
+                naive(&recs, Some(a), None)
+            );
+            assert_eq!(
+                r.stats().summary(None, Some(b)),
+                naive(&recs, None, Some(b))
+            );
+        }
+    }
+    assert_eq!(r.stats().summary(None, None), naive(&recs, None, None));
+    // Inclusive bounds on an exact record time.
+    let (at, cents, p) = recs[2500];
+    let s = r.stats().summary(Some(at), Some(at));
+    let want = naive(&recs, Some(at), Some(at));
+    assert_eq!(s, want);
+    assert!(if p == Processor::Default {
+        s.default.cents >= cents
+    } else {
+        s.fallback.cents >= cents
+    });
+    assert_eq!(r.stats().summary(Some(10), Some(5)), Summary::default());
+}
+
+#[test]
+fn log_full_is_an_error_and_purge_empties_everything() {
+    let f = TempShm::new();
+    let r = Arc::new(
+        Region::open(
+            &f.0,
+            &RegionConfig {
+                log_capacity: 1024,
+                ..small()
+            },
+        )
+        .unwrap(),
+    );
+    for i in 0..1024 {
+        r.stats()
+            .append(i, 1, Processor::Default, &numbered(i as u64))
+            .unwrap();
+    }
+    assert!(r
+        .stats()
+        .append(5, 1, Processor::Default, &numbered(5000))
+        .is_err());
+    let me = r.join(Role::Consumer).unwrap();
+    r.ring().push(&me, &pay(1)).unwrap();
+    assert_eq!(r.ids().insert(&numbered(1)), rinha::shm::ids::Insert::New);
+    r.purge();
+    assert_eq!(r.stats().summary(None, None), Summary::default());
+    assert!(
+        r.ring().take(&me, Some(Duration::ZERO)).is_none(),
+        "a purged payment was handed out"
+    );
+    assert_eq!(r.ids().insert(&numbered(1)), rinha::shm::ids::Insert::New);
+    // The log's space is reused after the purge.
+    for i in 0..1024 {
+        r.stats()
+            .append(i, 2, Processor::Fallback, &numbered(i as u64))
+            .unwrap();
+    }
+    assert_eq!(
+        r.stats().summary(None, None).fallback,
+        Totals {
+            count: 1024,
+            cents: 2048
+        }
+    );
+}
+
+#[test]
+fn a_dead_consumers_payments_are_adopted_once() {
+    let f = TempShm::new();
+    let survivor_region = Arc::new(Region::open(&f.0, &small()).unwrap());
+    {
+        // Another "process": its own open file description, so its own locks.
+        let dead = Arc::new(Region::attach(&f.0).unwrap());
+        let m = dead.join(Role::Consumer).unwrap();
+        for n in 0..5 {
+            dead.ring().push(&m, &pay(n)).unwrap();
+        }
+        let a = dead.ring().take(&m, Some(Duration::ZERO)).unwrap(); // in flight, never sent
+        let b = dead.ring().take(&m, Some(Duration::ZERO)).unwrap(); // sent to default
+        m.mark_attempt(b, Processor::Default, 1234);
+        let c = dead.ring().take(&m, Some(Duration::ZERO)).unwrap(); // recorded, slot not freed
+        dead.stats()
+            .append(77, pay(2).cents, Processor::Default, &pay(2).id)
+            .unwrap();
+        let _ = (a, c);
+        drop(m); // a Member has no clean-up: this is what a kill leaves
+        drop(dead); // the last reference closes its file: its locks go, as at death
+    }
+    let me = survivor_region.join(Role::Consumer).unwrap();
+    let got = me.recover_dead();
+    let mut numbers: Vec<(u64, Option<Processor>, i64)> = got
+        .iter()
+        .map(|&id| {
+            let p = me.payment(id);
+            (number_of(&p.id), p.attempted(), p.first_requested_at_ms)
+        })
+        .collect();
+    numbers.sort();
+    assert_eq!(
+        numbers,
+        vec![(0, None, 0), (1, Some(Processor::Default), 1234)]
+    );
+    assert!(me.recover_dead().is_empty(), "adopted twice");
+    // The two still queued are untouched.
+    let rest: Vec<u64> =
+        std::iter::from_fn(|| survivor_region.ring().take(&me, Some(Duration::ZERO)))
+            .map(|id| number_of(&me.payment(id).id))
+            .collect();
+    assert_eq!(rest, vec![3, 4]);
+}
