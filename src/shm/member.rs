@@ -138,13 +138,15 @@ impl Member {
                 adopted: Mutex::new(Vec::new()),
                 pending: Mutex::new(Vec::new()),
             };
-            member.settle_ring_holds(index);
-            let used = used_slots(&member.region, index);
             for s in 0..per {
                 if !used.contains(&s) {
                     let _ = member.free.push(s);
                 }
             }
+            // The previous holder's READING slots move into our in-flight table (from the
+            // free list just built), so they are among the leftovers counted next.
+            member.settle_ring_holds(index);
+            let used = used_slots(&member.region, index);
             if let Ok(mut p) = member.pending.lock() {
                 p.extend(used.into_iter().map(|s| InFlightId::new(index, s)));
             }
