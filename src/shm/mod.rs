@@ -276,7 +276,7 @@ impl Layout {
         if cfg.id_capacity == 0 {
             return bad("id_capacity is 0".into());
         }
-        let line = 64;
+        let line = 128; // CachePadded is 128-byte aligned on x86_64
         let mut at = HEADER_SIZE;
         let mut take = |bytes: usize| {
             let here = at;
