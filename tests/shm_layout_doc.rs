@@ -22,13 +22,33 @@ fn code() -> BTreeMap<&'static str, (usize, usize)> {
     put("members", l.members, cfg.max_members as usize * 64);
     put("health", l.health, size_of::<BoardRaw>());
     put("ring_ctl", l.ring_ctl, size_of::<RingCtl>());
-    put("ring_slots", l.ring_slots, cfg.ring_capacity as usize * size_of::<Slot>());
-    put("inflight", l.inflight, (cfg.max_members * cfg.inflight_per_member) as usize * size_of::<InFlightSlot>());
+    put(
+        "ring_slots",
+        l.ring_slots,
+        cfg.ring_capacity as usize * size_of::<Slot>(),
+    );
+    put(
+        "inflight",
+        l.inflight,
+        (cfg.max_members * cfg.inflight_per_member) as usize * size_of::<InFlightSlot>(),
+    );
     put("log_ctl", l.log_ctl, size_of::<LogCtl>());
-    put("log_chunks", l.log_chunks, cfg.log_capacity as usize / 1024 * size_of::<ChunkHeader>());
-    put("log_records", l.log_records, cfg.log_capacity as usize * size_of::<Record>());
+    put(
+        "log_chunks",
+        l.log_chunks,
+        cfg.log_capacity as usize / 1024 * size_of::<ChunkHeader>(),
+    );
+    put(
+        "log_records",
+        l.log_records,
+        cfg.log_capacity as usize * size_of::<Record>(),
+    );
     put("ids_ctl", l.ids_ctl, 128);
-    put("ids", l.ids, cfg.id_capacity as usize * size_of::<IdEntry>());
+    put(
+        "ids",
+        l.ids,
+        cfg.id_capacity as usize * size_of::<IdEntry>(),
+    );
     put("file", 0, l.size);
     put("Header.magic", offset_of!(Header, magic), 8);
     put("Header.version", offset_of!(Header, version), 8);
@@ -36,25 +56,73 @@ fn code() -> BTreeMap<&'static str, (usize, usize)> {
     put("Header.ring_capacity", offset_of!(Header, ring_capacity), 8);
     put("Header.log_capacity", offset_of!(Header, log_capacity), 8);
     put("Header.max_members", offset_of!(Header, max_members), 8);
-    put("Header.inflight_per_member", offset_of!(Header, inflight_per_member), 8);
+    put(
+        "Header.inflight_per_member",
+        offset_of!(Header, inflight_per_member),
+        8,
+    );
     put("Header.id_capacity", offset_of!(Header, id_capacity), 8);
     put("Header.generation", offset_of!(Header, generation), 8);
     put("Header.created_ms", offset_of!(Header, created_ms), 8);
     put("MemberEntry.role", offset_of!(MemberEntry, role), 8);
     put("MemberEntry.pid", offset_of!(MemberEntry, pid), 8);
-    put("MemberEntry.joined_ms", offset_of!(MemberEntry, joined_ms), 8);
+    put(
+        "MemberEntry.joined_ms",
+        offset_of!(MemberEntry, joined_ms),
+        8,
+    );
     put("MemberEntry", 0, size_of::<MemberEntry>());
-    put("ProcessorHealth.failing", offset_of!(ProcessorHealth, failing), 4);
-    put("ProcessorHealth.min_response_ms", offset_of!(ProcessorHealth, min_response_ms), 4);
-    put("ProcessorHealth.polled_at_ms", offset_of!(ProcessorHealth, polled_at_ms), 8);
-    put("ProcessorHealth.latency_ewma_us", offset_of!(ProcessorHealth, latency_ewma_us), 4);
-    put("ProcessorHealth.consecutive_failures", offset_of!(ProcessorHealth, consecutive_failures), 4);
-    put("ProcessorHealth.last_failure_ms", offset_of!(ProcessorHealth, last_failure_ms), 8);
-    put("ProcessorHealth.last_success_ms", offset_of!(ProcessorHealth, last_success_ms), 8);
-    put("ProcessorHealth.slow_seen_ms", offset_of!(ProcessorHealth, slow_seen_ms), 8);
+    put(
+        "ProcessorHealth.failing",
+        offset_of!(ProcessorHealth, failing),
+        4,
+    );
+    put(
+        "ProcessorHealth.min_response_ms",
+        offset_of!(ProcessorHealth, min_response_ms),
+        4,
+    );
+    put(
+        "ProcessorHealth.polled_at_ms",
+        offset_of!(ProcessorHealth, polled_at_ms),
+        8,
+    );
+    put(
+        "ProcessorHealth.latency_ewma_us",
+        offset_of!(ProcessorHealth, latency_ewma_us),
+        4,
+    );
+    put(
+        "ProcessorHealth.consecutive_failures",
+        offset_of!(ProcessorHealth, consecutive_failures),
+        4,
+    );
+    put(
+        "ProcessorHealth.last_failure_ms",
+        offset_of!(ProcessorHealth, last_failure_ms),
+        8,
+    );
+    put(
+        "ProcessorHealth.last_success_ms",
+        offset_of!(ProcessorHealth, last_success_ms),
+        8,
+    );
+    put(
+        "ProcessorHealth.slow_seen_ms",
+        offset_of!(ProcessorHealth, slow_seen_ms),
+        8,
+    );
     assert!(size_of::<ProcessorHealth>() <= size_of::<CachePadded<ProcessorHealth>>());
-    put("BoardRaw.lease_holder", offset_of!(BoardRaw, lease_holder), 4);
-    put("BoardRaw.lease_renewed_ms", offset_of!(BoardRaw, lease_renewed_ms), 8);
+    put(
+        "BoardRaw.lease_holder",
+        offset_of!(BoardRaw, lease_holder),
+        4,
+    );
+    put(
+        "BoardRaw.lease_renewed_ms",
+        offset_of!(BoardRaw, lease_renewed_ms),
+        8,
+    );
     put("RingCtl.head", offset_of!(RingCtl, head), 8);
     put("RingCtl.tail", offset_of!(RingCtl, tail), 8);
     put("RingCtl.seq", offset_of!(RingCtl, seq), 4);
@@ -68,7 +136,11 @@ fn code() -> BTreeMap<&'static str, (usize, usize)> {
     put("LogCtl.head", offset_of!(LogCtl, head), 8);
     put("LogCtl.floor", offset_of!(LogCtl, floor), 8);
     put("Record.stamp", offset_of!(Record, stamp), 8);
-    put("Record.requested_at_ms", offset_of!(Record, requested_at_ms), 8);
+    put(
+        "Record.requested_at_ms",
+        offset_of!(Record, requested_at_ms),
+        8,
+    );
     put("Record.cents", offset_of!(Record, cents), 8);
     put("Record.processor", offset_of!(Record, processor), 8);
     put("Record.id_lo", offset_of!(Record, id_lo), 8);
@@ -88,7 +160,8 @@ fn code() -> BTreeMap<&'static str, (usize, usize)> {
 
 #[test]
 fn shm_layout_md_matches_the_code() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/shm-layout.md")).expect("shm-layout.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/shm-layout.md"))
+        .expect("shm-layout.md");
     let code = code();
     let mut documented = BTreeMap::new();
     for line in doc.lines() {
@@ -97,15 +170,29 @@ fn shm_layout_md_matches_the_code() {
             continue;
         }
         let name = cells[1].trim_matches('`');
-        let offset: usize = cells[2].parse().unwrap_or_else(|_| panic!("offset of {name}: {:?}", cells[2]));
-        let size: usize = cells[3].parse().unwrap_or_else(|_| panic!("size of {name}: {:?}", cells[3]));
+        let offset: usize = cells[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("offset of {name}: {:?}", cells[2]));
+        let size: usize = cells[3]
+            .parse()
+            .unwrap_or_else(|_| panic!("size of {name}: {:?}", cells[3]));
         documented.insert(name.to_string(), (offset, size));
     }
     for (name, want) in &code {
-        assert_eq!(documented.get(*name), Some(want), "shm-layout.md row `{name}` (offset, size)");
+        assert_eq!(
+            documented.get(*name),
+            Some(want),
+            "shm-layout.md row `{name}` (offset, size)"
+        );
     }
     for name in documented.keys() {
-        assert!(code.contains_key(name.as_str()), "shm-layout.md documents `{name}`, which the code does not have");
+        assert!(
+            code.contains_key(name.as_str()),
+            "shm-layout.md documents `{name}`, which the code does not have"
+        );
     }
-    assert!(doc.contains(&format!("Layout version: **{}**", rinha::shm::LAYOUT_VERSION)));
+    assert!(doc.contains(&format!(
+        "Layout version: **{}**",
+        rinha::shm::LAYOUT_VERSION
+    )));
 }
