@@ -137,7 +137,7 @@ fn bad_input_gets_4xx_and_enqueues_nothing() {
         (r#"{"amount":1}"#.into(), 400),
         (format!(r#"{{"correlationId":"{id}"}}"#), 400),
         (
-            format!(r#"{{"correlationId":"not-a-uuid","amount":1}}"#),
+            r#"{"correlationId":"not-a-uuid","amount":1}"#.to_string(),
             400,
         ),
         (format!(r#"{{"correlationId":"{id}","amount":0}}"#), 400),
