@@ -141,7 +141,9 @@ impl Outcome {
     pub fn report(&self) -> String {
         let exact = self.exact_score();
         let total = self.default_requests + self.fallback_requests;
-        let share = (self.fallback_requests * 100).checked_div(total).unwrap_or(0);
+        let share = (self.fallback_requests * 100)
+            .checked_div(total)
+            .unwrap_or(0);
         format!(
             "\n  rinha contest, profile {profile}, target {target}\n\
              \n  score            {exact:>16}   (2025 winner: 1,949,876.38 at p99 2.55 ms)\
