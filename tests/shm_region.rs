@@ -392,3 +392,31 @@ fn a_dead_consumers_payments_are_adopted_once() {
             .collect();
     assert_eq!(rest, vec![3, 4]);
 }
+
+#[test]
+fn a_full_tmpfs_is_a_clear_error_at_creation() {
+    let dir = std::env::temp_dir().join(format!("rinha-tiny-tmpfs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        // Mounting needs root (CI has it); say so rather than pass silently.
+        eprintln!("SKIPPED a_full_tmpfs_is_a_clear_error_at_creation: cannot mount a tmpfs here");
+        let _ = std::fs::remove_dir(&dir);
+        return;
+    }
+    let path = dir.join("rinha-shm");
+    let e = Region::open(&path, &RegionConfig::default())
+        .err()
+        .map(|e| e.to_string());
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    let e = e.expect("a region larger than the tmpfs must be refused");
+    assert!(
+        e.contains("tmpfs full or too small") && e.contains("rinha-shm"),
+        "{e}"
+    );
+}

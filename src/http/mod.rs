@@ -543,3 +543,98 @@ mod tests {
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
     }
 }
+
+#[cfg(test)]
+mod parser_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone)]
+    struct Echo;
+    impl Handler for Echo {
+        fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
+            rsp.status(200).body_mut().extend_from_slice(req.body);
+        }
+    }
+
+    fn parse(buf: &[u8]) -> Parsed {
+        parse_and_handle(buf, &mut Echo, &mut Response::new(), &Limits::default())
+    }
+
+    #[test]
+    fn framing_rules() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\n\r\n"),
+            Parsed::Done {
+                used: 18,
+                close: false
+            }
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\n\r\n"),
+            Parsed::Done { close: true, .. }
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"),
+            Parsed::Done { close: false, .. }
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"),
+            Parsed::Done { close: true, .. }
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+            Parsed::Partial
+        ));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\n"), Parsed::Partial));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na"),
+            Parsed::Reject(400, _)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Parsed::Reject(400, _)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"),
+            Parsed::Reject(400, _)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n"),
+            Parsed::Reject(413, _)
+        ));
+        assert!(matches!(
+            parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Reject(501, _)
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01 nonsense\r\n\r\n"),
+            Parsed::Reject(400, _)
+        ));
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.extend(std::iter::repeat_n(b'a', 9000));
+        assert!(matches!(parse(&long), Parsed::Reject(431, _)));
+    }
+
+    proptest! {
+        // The parser never panics and never claims more bytes than it was given.
+        #[test]
+        fn arbitrary_bytes(buf in proptest::collection::vec(any::<u8>(), 0..600)) {
+            if let Parsed::Done { used, .. } = parse(&buf) {
+                prop_assert!(used <= buf.len());
+            }
+        }
+
+        // Mutated valid requests: same property, through the interesting paths.
+        #[test]
+        fn mutated_requests(body in proptest::collection::vec(any::<u8>(), 0..64), cut in 0usize..200, flip in any::<u8>(), at in 0usize..200) {
+            let mut req = format!("POST /payments?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+            req.extend_from_slice(&body);
+            if at < req.len() { req[at] ^= flip; }
+            req.truncate(cut.min(req.len()).max(1));
+            if let Parsed::Done { used, .. } = parse(&req) {
+                prop_assert!(used <= req.len());
+            }
+        }
+    }
+}

@@ -34,6 +34,8 @@
 //! ```
 pub mod health;
 pub mod ids;
+#[cfg(all(test, rinha_loom))]
+mod loom_model;
 pub mod member;
 pub mod ring;
 pub mod stats_log;
