@@ -542,4 +542,113 @@ mod tests {
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
     }
+
+    /// Records what it saw; answers 200.
+    #[derive(Default, Clone)]
+    struct Seen(Vec<(String, String, Vec<u8>)>);
+    impl Handler for Seen {
+        fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
+            self.0.push((
+                req.method.to_string(),
+                format!("{}?{}", req.path, req.query),
+                req.body.to_vec(),
+            ));
+            rsp.status(200);
+        }
+    }
+
+    /// Feeds `bytes` to the parser in pieces of `cuts`, like `connection` does; returns the
+    /// requests handled and the first rejection code.
+    fn drive(bytes: &[u8], cuts: &[usize]) -> (Vec<(String, String, Vec<u8>)>, Option<u16>) {
+        let limits = Limits::default();
+        let mut seen = Seen::default();
+        let mut rsp = Response::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        for p in points {
+            buf.extend_from_slice(&bytes[fed..p.max(fed)]);
+            fed = p.max(fed);
+            loop {
+                match parse_and_handle(&buf, &mut seen, &mut rsp, &limits) {
+                    Parsed::Done { used, .. } => {
+                        assert!(used > 0 && used <= buf.len());
+                        buf.drain(..used);
+                    }
+                    Parsed::Partial => break,
+                    Parsed::Reject(code, body) => {
+                        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+                        return (seen.0, Some(code));
+                    }
+                }
+            }
+        }
+        (seen.0, None)
+    }
+
+    use proptest::prelude::*;
+
+    fn request_strategy() -> impl Strategy<Value = (String, String, Vec<u8>)> {
+        (
+            prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+            "/[a-z-]{0,12}(\\?[a-z]=[0-9]{1,3})?",
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(m, p, b)| (m.to_string(), p, b))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let (_, code) = drive(&bytes, &cuts);
+            if let Some(c) = code {
+                prop_assert!((400..600).contains(&c), "{c}");
+            }
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(
+            (m, p, b) in request_strategy(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = format!("{m} {p} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", b.len()).into_bytes();
+            bytes.extend_from_slice(&b);
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] = v;
+            }
+            let _ = drive(&bytes, &[]);
+        }
+
+        #[test]
+        fn pipelined_requests_parse_the_same_however_split(
+            reqs in proptest::collection::vec(request_strategy(), 1..5),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut bytes = Vec::new();
+            for (m, p, b) in &reqs {
+                bytes.extend_from_slice(
+                    format!("{m} {p} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes(),
+                );
+                bytes.extend_from_slice(b);
+            }
+            let (seen, code) = drive(&bytes, &cuts);
+            prop_assert_eq!(code, None);
+            let want: Vec<_> = reqs
+                .iter()
+                .map(|(m, p, b)| {
+                    let (path, q) = p.split_once('?').unwrap_or((p, ""));
+                    (m.clone(), format!("{path}?{q}"), b.clone())
+                })
+                .collect();
+            prop_assert_eq!(seen, want);
+        }
+    }
 }
