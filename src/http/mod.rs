@@ -543,9 +543,12 @@ mod tests {
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
     }
 
+    /// (method, path?query, body) of one handled request.
+    type Req = (String, String, Vec<u8>);
+
     /// Records what it saw; answers 200.
     #[derive(Default, Clone)]
-    struct Seen(Vec<(String, String, Vec<u8>)>);
+    struct Seen(Vec<Req>);
     impl Handler for Seen {
         fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
             self.0.push((
@@ -559,7 +562,7 @@ mod tests {
 
     /// Feeds `bytes` to the parser in pieces of `cuts`, like `connection` does; returns the
     /// requests handled and the first rejection code.
-    fn drive(bytes: &[u8], cuts: &[usize]) -> (Vec<(String, String, Vec<u8>)>, Option<u16>) {
+    fn drive(bytes: &[u8], cuts: &[usize]) -> (Vec<Req>, Option<u16>) {
         let limits = Limits::default();
         let mut seen = Seen::default();
         let mut rsp = Response::new();
@@ -590,7 +593,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    fn request_strategy() -> impl Strategy<Value = (String, String, Vec<u8>)> {
+    fn request_strategy() -> impl Strategy<Value = Req> {
         (
             prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
             "/[a-z-]{0,12}(\\?[a-z]=[0-9]{1,3})?",
