@@ -64,7 +64,7 @@ fn bad_payments_get_400_and_enqueue_nothing() {
         r#"{"correlationId":"","amount":19.90}"#.into(),
         r#"{"correlationId":123,"amount":19.90}"#.into(),
         format!(r#"{{"correlationId":"{id}"}}"#),
-        format!(r#"{{"amount":19.90}}"#),
+        r#"{"amount":19.90}"#.into(),
         format!(r#"{{"correlationId":"{id}","amount":0}}"#),
         format!(r#"{{"correlationId":"{id}","amount":0.00}}"#),
         format!(r#"{{"correlationId":"{id}","amount":-1.00}}"#),
