@@ -335,3 +335,51 @@ fn malformed_http_is_refused_and_never_crashes() {
     // After all of this the process still serves.
     assert_eq!(get(api.addr, "/payments-summary").status, 200);
 }
+
+#[test]
+fn idle_and_slowloris_clients_neither_block_others_nor_stay_forever() {
+    let api = start("api-slow");
+    // Many idle connections (bounded by this process's descriptor limit).
+    let idle: Vec<TcpStream> = (0..1000)
+        .map_while(|_| TcpStream::connect(api.addr).ok())
+        .collect();
+    assert!(idle.len() >= 500, "only {} idle connections", idle.len());
+    // A slowloris client: a head that never completes, one byte at a time.
+    let mut slow = TcpStream::connect(api.addr).expect("connect");
+    slow.write_all(b"GET /payments-summary HTTP/1.1\r\n")
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        // Everyone else is served meanwhile.
+        assert_eq!(get(api.addr, "/payments-summary").status, 200);
+        if slow.write_all(b"X-Slow: 1\r\n").is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        slow.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut b = [0u8; 512];
+        match slow.read(&mut b) {
+            Ok(_) => {
+                // 0 = closed; > 0 = an answer (a 4xx) before the close: both end it.
+                closed_after = Some(started.elapsed());
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let closed_after = closed_after.expect("the slowloris connection was never closed");
+    // The head deadline is 10 s from its first byte (http::Limits::head_timeout).
+    assert!(
+        closed_after >= Duration::from_secs(8),
+        "closed too early: {closed_after:?}"
+    );
+    drop(idle);
+    assert_eq!(get(api.addr, "/payments-summary").status, 200);
+}
