@@ -174,6 +174,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let paths: Vec<PathBuf> = args.backends.iter().map(PathBuf::from).collect();
             let listener = TcpListener::bind(args.listen)
                 .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
+            // std binds with SO_REUSEADDR and a backlog of 128; a burst of new connections
+            // (the load test's ramp) needs more. Listening again only raises the backlog
+            // (the kernel caps it at net.core.somaxconn).
+            nix::sys::socket::listen(&listener, nix::sys::socket::Backlog::MAXCONN)
+                .context("raise the listen backlog")?;
             println!("ready lb {}", listener.local_addr()?);
             eprintln!(
                 "rinha lb: {} -> {} API processes (socket handoff)",
