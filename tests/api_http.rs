@@ -75,6 +75,10 @@ fn bad_payments_get_400_and_enqueue_nothing() {
         format!(r#"{{"correlationId":"{id}","amount":"NaN"}}"#),
         format!(r#"{{"correlationId":"{id}","amount":99999999999999999999999999999}}"#),
         format!(r#"{{"correlationId":"{id}","amount":true}}"#),
+        format!(r#"{{"correlationId":"{id}","amount":1.00,"amount":-1.00}}"#),
+        format!(r#"{{"correlationId":"{id}","amount":{{"value":1.00}}}}"#),
+        format!(r#"{{"correlationId":"{id}","amount":1.00}} trailing"#),
+        format!(r#"{{"correlationId":"{id}\u0030","amount":1.00}}"#),
     ];
     for body in &bodies {
         let a = post(api.addr, body);
