@@ -311,6 +311,13 @@ fn malformed_http_is_refused_and_never_crashes() {
         b"GET /payments-summary HTTP/1.1\r\nConnection: close\r\n\r\n",
     );
     assert!(got.contains(" 200 "), "{got}");
+    // HTTP/1.0 asking for keep-alive: told so, and the connection serves a second request.
+    let got = exchange(
+        api.addr,
+        b"GET /payments-summary HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /payments-summary HTTP/1.0\r\n\r\n",
+    );
+    assert_eq!(got.matches(" 200 ").count(), 2, "{got}");
+    assert!(got.contains("Connection: keep-alive\r\n"), "{got}");
 
     // Keep-alive with pipelining: three requests in one write, three answers, in order.
     let pipelined = format!(

@@ -165,7 +165,9 @@ impl Response {
         self.status
     }
 
-    fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+    /// `keep_alive_header`: say `Connection: keep-alive` (an HTTP/1.0 client that asked for it
+    /// assumes a close otherwise).
+    fn write_to(&self, out: &mut Vec<u8>, close: bool, keep_alive_header: bool) {
         out.extend_from_slice(b"HTTP/1.1 ");
         let _ = write!(out, "{} {}\r\n", self.status, reason(self.status));
         if !(self.status == 204 || self.status == 304) {
@@ -178,6 +180,8 @@ impl Response {
         }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
+        } else if keep_alive_header {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if !(self.status == 204 || self.status == 304) {
@@ -300,6 +304,8 @@ enum Parsed {
     Done {
         used: usize,
         close: bool,
+        /// An HTTP/1.0 request that asked for keep-alive.
+        v10: bool,
     },
     Partial,
     Reject(u16, &'static str),
@@ -380,6 +386,7 @@ fn parse_and_handle<H: Handler>(
     Parsed::Done {
         used: head + length,
         close,
+        v10: req.version == Some(0),
     }
 }
 
@@ -395,13 +402,13 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
         let mut finish: Option<After> = None;
         while start < inbuf.len() {
             match parse_and_handle(&inbuf[start..], &mut handler, &mut rsp, &limits) {
-                Parsed::Done { used, close } => {
+                Parsed::Done { used, close, v10 } => {
                     start += used;
                     head_started = None;
                     match rsp.after {
                         After::KeepAlive | After::Close => {
                             let close = close || rsp.after == After::Close;
-                            rsp.write_to(&mut out, close);
+                            rsp.write_to(&mut out, close, v10);
                             if close {
                                 finish = Some(After::Close);
                                 break;
@@ -410,7 +417,7 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
                         other => {
                             finish = Some(other);
                             if let After::Truncate(_) = other {
-                                rsp.write_to(&mut out, true);
+                                rsp.write_to(&mut out, true, false);
                             }
                             break;
                         }
@@ -420,7 +427,7 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
                 Parsed::Reject(code, body) => {
                     rsp.reset();
                     rsp.status(code).json(body);
-                    rsp.write_to(&mut out, true);
+                    rsp.write_to(&mut out, true, false);
                     finish = Some(After::Close);
                     break;
                 }
