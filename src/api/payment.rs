@@ -131,7 +131,7 @@ mod tests {
             ),
             (
                 &format!(r#"{{"correlationId":"{ID}","amount":1e400}}"#),
-                BadPayment::Amount(AmountError::TooLarge),
+                BadPayment::Amount(AmountError::Exponent),
             ),
             (
                 &format!(r#"{{"correlationId":"{ID}","amount":true}}"#),

@@ -165,7 +165,9 @@ impl Response {
         self.status
     }
 
-    fn write_to(&self, out: &mut Vec<u8>, close: bool) {
+    /// `keep_alive_header`: say `Connection: keep-alive` (an HTTP/1.0 client that asked for it
+    /// assumes a close otherwise).
+    fn write_to(&self, out: &mut Vec<u8>, close: bool, keep_alive_header: bool) {
         out.extend_from_slice(b"HTTP/1.1 ");
         let _ = write!(out, "{} {}\r\n", self.status, reason(self.status));
         if !(self.status == 204 || self.status == 304) {
@@ -178,6 +180,8 @@ impl Response {
         }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
+        } else if keep_alive_header {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         out.extend_from_slice(b"\r\n");
         if !(self.status == 204 || self.status == 304) {
@@ -300,6 +304,8 @@ enum Parsed {
     Done {
         used: usize,
         close: bool,
+        /// An HTTP/1.0 request that asked for keep-alive.
+        v10: bool,
     },
     Partial,
     Reject(u16, &'static str),
@@ -380,6 +386,7 @@ fn parse_and_handle<H: Handler>(
     Parsed::Done {
         used: head + length,
         close,
+        v10: req.version == Some(0),
     }
 }
 
@@ -395,13 +402,13 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
         let mut finish: Option<After> = None;
         while start < inbuf.len() {
             match parse_and_handle(&inbuf[start..], &mut handler, &mut rsp, &limits) {
-                Parsed::Done { used, close } => {
+                Parsed::Done { used, close, v10 } => {
                     start += used;
                     head_started = None;
                     match rsp.after {
                         After::KeepAlive | After::Close => {
                             let close = close || rsp.after == After::Close;
-                            rsp.write_to(&mut out, close);
+                            rsp.write_to(&mut out, close, v10);
                             if close {
                                 finish = Some(After::Close);
                                 break;
@@ -410,7 +417,7 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
                         other => {
                             finish = Some(other);
                             if let After::Truncate(_) = other {
-                                rsp.write_to(&mut out, true);
+                                rsp.write_to(&mut out, true, false);
                             }
                             break;
                         }
@@ -420,7 +427,7 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
                 Parsed::Reject(code, body) => {
                     rsp.reset();
                     rsp.status(code).json(body);
-                    rsp.write_to(&mut out, true);
+                    rsp.write_to(&mut out, true, false);
                     finish = Some(After::Close);
                     break;
                 }
@@ -541,6 +548,118 @@ mod tests {
         assert_eq!(query_param(q, "flag").as_deref(), Some(""));
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+    }
+
+    /// (method, path?query, body) of one handled request.
+    type Req = (String, String, Vec<u8>);
+
+    /// Records what it saw; answers 200.
+    #[derive(Default, Clone)]
+    struct Seen(Vec<Req>);
+    impl Handler for Seen {
+        fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
+            self.0.push((
+                req.method.to_string(),
+                format!("{}?{}", req.path, req.query),
+                req.body.to_vec(),
+            ));
+            rsp.status(200);
+        }
+    }
+
+    /// Feeds `bytes` to the parser in pieces of `cuts`, like `connection` does; returns the
+    /// requests handled and the first rejection code.
+    fn drive(bytes: &[u8], cuts: &[usize]) -> (Vec<Req>, Option<u16>) {
+        let limits = Limits::default();
+        let mut seen = Seen::default();
+        let mut rsp = Response::new();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut fed = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        for p in points {
+            buf.extend_from_slice(&bytes[fed..p.max(fed)]);
+            fed = p.max(fed);
+            loop {
+                match parse_and_handle(&buf, &mut seen, &mut rsp, &limits) {
+                    Parsed::Done { used, .. } => {
+                        assert!(used > 0 && used <= buf.len());
+                        buf.drain(..used);
+                    }
+                    Parsed::Partial => break,
+                    Parsed::Reject(code, body) => {
+                        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+                        return (seen.0, Some(code));
+                    }
+                }
+            }
+        }
+        (seen.0, None)
+    }
+
+    use proptest::prelude::*;
+
+    fn request_strategy() -> impl Strategy<Value = Req> {
+        (
+            prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+            "/[a-z-]{0,12}(\\?[a-z]=[0-9]{1,3})?",
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(m, p, b)| (m.to_string(), p, b))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(any::<usize>(), 0..4),
+        ) {
+            let (_, code) = drive(&bytes, &cuts);
+            if let Some(c) = code {
+                prop_assert!((400..600).contains(&c), "{c}");
+            }
+        }
+
+        #[test]
+        fn mutated_requests_never_panic(
+            (m, p, b) in request_strategy(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..4),
+        ) {
+            let mut bytes = format!("{m} {p} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", b.len()).into_bytes();
+            bytes.extend_from_slice(&b);
+            for (at, v) in flips {
+                let n = bytes.len();
+                bytes[at % n] = v;
+            }
+            let _ = drive(&bytes, &[]);
+        }
+
+        #[test]
+        fn pipelined_requests_parse_the_same_however_split(
+            reqs in proptest::collection::vec(request_strategy(), 1..5),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            let mut bytes = Vec::new();
+            for (m, p, b) in &reqs {
+                bytes.extend_from_slice(
+                    format!("{m} {p} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", b.len()).as_bytes(),
+                );
+                bytes.extend_from_slice(b);
+            }
+            let (seen, code) = drive(&bytes, &cuts);
+            prop_assert_eq!(code, None);
+            let want: Vec<_> = reqs
+                .iter()
+                .map(|(m, p, b)| {
+                    let (path, q) = p.split_once('?').unwrap_or((p, ""));
+                    (m.clone(), format!("{path}?{q}"), b.clone())
+                })
+                .collect();
+            prop_assert_eq!(seen, want);
+        }
     }
 }
 
