@@ -34,6 +34,14 @@ impl Drop for TempShm {
     }
 }
 
+/// A scratch directory removed on drop, also when a test panics.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn worker(shm: &TempShm, ring: u32, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_rinha"))
         .arg("shm-worker")
@@ -111,37 +119,51 @@ fn producers_and_consumers_move_every_item_exactly_once() {
 fn sigkilled_producers_and_consumers_lose_nothing_acknowledged() {
     let shm = TempShm::new("kill");
     drop(Region::open(&shm.0, &test_config(1024)).expect("create"));
-    let dir = std::env::temp_dir().join(format!("rinha-kill-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let dir = TempDir(std::env::temp_dir().join(format!("rinha-kill-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("tmp dir");
     let per: u64 = 20_000;
     let producers = 4u64;
     let mut procs = Procs(Vec::new());
-    let mut consumers: Vec<Child> = (0..2)
-        .map(|_| worker(&shm, 1024, &["consume", "--idle-ms", "60000"]))
-        .collect();
-    let mut prods: Vec<(u64, Child)> = Vec::new();
+    // In guards: every child is killed if the test panics half-way.
+    let mut consumers = Procs(
+        (0..2)
+            .map(|_| worker(&shm, 1024, &["consume", "--idle-ms", "60000"]))
+            .collect(),
+    );
+    let mut starts: Vec<u64> = Vec::new();
+    let mut prods = Procs(Vec::new());
     for p in 0..producers {
-        let acked = dir.join(format!("acked-{p}"));
+        let acked = dir.0.join(format!("acked-{p}"));
         let start = p * per;
-        prods.push((
-            start,
-            worker(
-                &shm,
-                1024,
-                &[
-                    "produce",
-                    "--start",
-                    &start.to_string(),
-                    "--count",
-                    &per.to_string(),
-                    "--acked",
-                    acked.to_str().unwrap(),
-                ],
-            ),
+        starts.push(start);
+        prods.0.push(worker(
+            &shm,
+            1024,
+            &[
+                "produce",
+                "--start",
+                &start.to_string(),
+                "--count",
+                &per.to_string(),
+                "--acked",
+                acked.to_str().unwrap(),
+            ],
         ));
     }
     // Kill producers and consumers at pseudo-random moments; restart killed consumers.
-    let mut rng = 0x9E37_79B9u64;
+    // The seed changes every run (so repeated runs explore different kill moments) and is in
+    // every failure message, so a failing schedule can be replayed with RINHA_KILL_SEED.
+    let seed = std::env::var("RINHA_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9)
+        })
+        | 1;
+    let mut rng = seed;
     let mut kills = 0;
     let mut killed_producers = HashSet::new();
     for round in 0..30 {
@@ -150,27 +172,23 @@ fn sigkilled_producers_and_consumers_lose_nothing_acknowledged() {
         rng ^= rng << 17;
         std::thread::sleep(Duration::from_millis(5 + rng % 40));
         if round % 3 == 0 && (round / 3) < producers as usize {
-            let (start, c) = &mut prods[round / 3];
-            let _ = c.kill();
-            killed_producers.insert(*start);
+            let _ = prods.0[round / 3].kill();
+            killed_producers.insert(starts[round / 3]);
             kills += 1;
         } else {
             let victim = (rng % 2) as usize;
-            let _ = consumers[victim].kill();
-            let _ = consumers[victim].wait();
-            consumers[victim] = worker(&shm, 1024, &["consume", "--idle-ms", "60000"]);
+            let _ = consumers.0[victim].kill();
+            let _ = consumers.0[victim].wait();
+            consumers.0[victim] = worker(&shm, 1024, &["consume", "--idle-ms", "60000"]);
             kills += 1;
         }
     }
-    for (_, c) in &mut prods {
+    for c in &mut prods.0 {
         let _ = c.wait();
     }
     // Fresh consumers that exit once idle: they finish the queue and adopt what the killed
     // consumers held.
-    for mut c in consumers {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
+    drop(consumers); // kills and reaps them
     procs
         .0
         .push(worker(&shm, 1024, &["consume", "--idle-ms", "2500"]));
@@ -181,25 +199,24 @@ fn sigkilled_producers_and_consumers_lose_nothing_acknowledged() {
     let seen = recorded(&shm);
     assert!(
         seen.values().all(|&n| n == 1),
-        "an item was recorded twice after {kills} kills"
+        "an item was recorded twice after {kills} kills (RINHA_KILL_SEED={seed})"
     );
     for p in 0..producers {
-        let acked = std::fs::read_to_string(dir.join(format!("acked-{p}"))).unwrap_or_default();
+        let acked = std::fs::read_to_string(dir.0.join(format!("acked-{p}"))).unwrap_or_default();
         for n in acked.lines().filter_map(|l| l.parse::<u64>().ok()) {
             assert!(
                 seen.contains_key(&n),
-                "acknowledged item {n} lost after {kills} kills"
+                "acknowledged item {n} lost after {kills} kills (RINHA_KILL_SEED={seed})"
             );
         }
         let start = p * per;
         if !killed_producers.contains(&start) {
             assert!(
                 (start..start + per).all(|n| seen.contains_key(&n)),
-                "producer {p} finished but lost items"
+                "producer {p} finished but lost items (RINHA_KILL_SEED={seed})"
             );
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
