@@ -420,3 +420,32 @@ fn a_full_tmpfs_is_a_clear_error_at_creation() {
         "{e}"
     );
 }
+
+#[test]
+fn members_of_one_process_get_distinct_entries_and_release_them_on_drop() {
+    // OFD locks belong to an open file description: each member must have its own, or a
+    // second join in the same process would take the first one's entry again.
+    let shm = TempShm::new();
+    let region = Arc::new(Region::open(&shm.0, &small()).expect("create"));
+    let a = region.join(Role::Consumer).expect("join a");
+    let b = region.join(Role::Consumer).expect("join b");
+    assert_ne!(a.index(), b.index(), "two members share one entry");
+    // A sibling is alive: b must not adopt what a holds.
+    region.ring().push(&a, &pay(7)).expect("push");
+    let _held = region.ring().take(&a, Some(Duration::ZERO)).expect("take");
+    assert!(b.recover_dead().is_empty(), "a live sibling was recovered");
+    // Dropping a member releases its entry like a death: its payment is adopted once.
+    drop(a);
+    let adopted = b.recover_dead();
+    assert_eq!(
+        adopted.len(),
+        1,
+        "the dropped member's payment was not adopted once"
+    );
+    assert_eq!(b.payment(adopted[0]).cents, pay(7).cents);
+    // Every entry can be joined and given back any number of times.
+    for _ in 0..3 * small().max_members {
+        let m = region.join(Role::Api).expect("join after drops");
+        assert_ne!(m.index(), b.index());
+    }
+}

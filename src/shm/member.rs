@@ -92,6 +92,12 @@ pub struct Member {
     adopted: Mutex<Vec<u32>>,
     /// Leftovers of our own entry's previous holder, handed out by the first `recover_dead`.
     pending: Mutex<Vec<InFlightId>>,
+    /// Our own open file description of the region file: it holds the OFD locks on our entry
+    /// and on the entries we adopted. OFD locks belong to an open file description, so two
+    /// members of one process must not share one (the second `join` would re-take the first's
+    /// entry, and one member's adopted entries would look free to its sibling). Dropping the
+    /// member closes it, which releases every lock: a dropped member is like a dead one.
+    lock_file: std::fs::File,
 }
 
 impl std::fmt::Debug for Member {
@@ -107,9 +113,11 @@ impl Member {
     pub(crate) fn join(region: Arc<Region>, role: Role) -> Result<Member, ShmError> {
         let max = region.config().max_members;
         let per = region.config().inflight_per_member;
+        let lock_file =
+            sys::reopen(region.file()).map_err(|e| ShmError::Io(region.path().to_path_buf(), e))?;
         for index in 0..max {
             let (start, len) = region.member_lock_range(index);
-            match sys::try_lock_range(region.file(), start, len) {
+            match sys::try_lock_range(&lock_file, start, len) {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => return Err(ShmError::Io(region.path().to_path_buf(), e)),
@@ -117,7 +125,7 @@ impl Member {
             let used = used_slots(&region, index);
             let reading = region.ring().held_by(index).iter().any(|h| h.1 == READING);
             if role != Role::Consumer && (!used.is_empty() || reading) {
-                let _ = sys::unlock_range(region.file(), start, len);
+                let _ = sys::unlock_range(&lock_file, start, len);
                 continue; // leave it to a consumer to adopt
             }
             let entry: &MemberEntry = region
@@ -137,6 +145,7 @@ impl Member {
                 free: ArrayQueue::new(per as usize),
                 adopted: Mutex::new(Vec::new()),
                 pending: Mutex::new(Vec::new()),
+                lock_file,
             };
             for s in 0..per {
                 if !used.contains(&s) {
@@ -325,16 +334,13 @@ impl Member {
                     continue;
                 }
                 let (start, len) = self.region.member_lock_range(index);
-                if !matches!(
-                    sys::try_lock_range(self.region.file(), start, len),
-                    Ok(true)
-                ) {
+                if !matches!(sys::try_lock_range(&self.lock_file, start, len), Ok(true)) {
                     continue; // alive
                 }
                 let holds = self.region.ring().held_by(index);
                 let used = used_slots(&self.region, index);
                 if holds.is_empty() && used.is_empty() {
-                    let _ = sys::unlock_range(self.region.file(), start, len);
+                    let _ = sys::unlock_range(&self.lock_file, start, len);
                     continue;
                 }
                 self.settle_ring_holds(index);

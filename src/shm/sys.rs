@@ -139,6 +139,17 @@ pub fn try_lock_range(file: &File, start: u64, len: u64) -> io::Result<bool> {
     }
 }
 
+/// A new open file description of the same file as `file` (read-write), via
+/// `/proc/self/fd`: works even when the file was renamed or unlinked since it was opened.
+/// Each one owns its OFD locks separately.
+pub fn reopen(file: &File) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
 /// Releases a lock taken by [`try_lock_range`].
 pub fn unlock_range(file: &File, start: u64, len: u64) -> io::Result<()> {
     ofd_lock(
