@@ -14,6 +14,8 @@ use rinha::shm::worker::{numbered, test_config};
 use rinha::shm::{Payment, Processor, Region, RegionConfig, Role};
 
 const ITEMS: u64 = 200_000;
+/// Items per cross-process run (the time includes starting the producer processes).
+const PROCESS_ITEMS: u64 = 200_000;
 
 fn shm_path(tag: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/rinha-bench-{tag}-{}", std::process::id()))
@@ -114,7 +116,7 @@ fn array_queue_threads(p: u64, c: u64) -> Duration {
 /// Producers in other processes (`rinha shm-worker produce`), consumers here.
 fn ring_processes(tag: &str, p: u64, c: u64) -> Duration {
     let (region, path) = fresh(tag, &test_config(4096));
-    let per = ITEMS / p;
+    let per = PROCESS_ITEMS / p;
     let start = Instant::now();
     let mut kids: Vec<_> = (0..p)
         .map(|i| {

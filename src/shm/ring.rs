@@ -47,6 +47,9 @@ use super::{Layout, Payment, Region, RegionConfig};
 /// Highest number of process-table entries the stamp's owner field can name.
 pub const MAX_MEMBERS: u32 = 64;
 
+/// Polls of an empty ring before a consumer parks (a few microseconds).
+const EMPTY_SPINS: u32 = 500;
+
 pub(crate) const EMPTY: u64 = 0;
 pub(crate) const WRITING: u64 = 1;
 pub(crate) const FULL: u64 = 2;
@@ -265,7 +268,7 @@ impl<'a> Ring<'a> {
         owner == me.index() || self.region.member_alive(owner)
     }
 
-    fn try_pop(&self, me: &Member) -> Pop {
+    fn try_pop(&self, me: &Member, check_owner: bool) -> Pop {
         let owner = me.index();
         loop {
             let h = self.ctl.head.load(Ordering::Acquire);
@@ -317,7 +320,9 @@ impl<'a> Ring<'a> {
                     );
                 }
                 WRITING => {
-                    if self.alive(me, s_owner(s)) {
+                    // A producer publishes within nanoseconds of its claim: spin first, and
+                    // ask the kernel whether it is alive (a syscall) only if it stays stuck.
+                    if !check_owner || self.alive(me, s_owner(s)) {
                         return Pop::Busy;
                     }
                     // Its producer died before publishing: it never answered its client.
@@ -361,8 +366,9 @@ impl<'a> Ring<'a> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let slot = me.alloc_slot()?;
         let mut busy_spins = 0u32;
+        let mut empty_spins = 0u32;
         loop {
-            match self.try_pop(me) {
+            match self.try_pop(me, busy_spins >= 256) {
                 Pop::Got(p, generation, pos) => {
                     if generation != self.region.generation() {
                         self.release(pos);
@@ -385,7 +391,15 @@ impl<'a> Ring<'a> {
                     }
                     continue;
                 }
-                Pop::Empty => {}
+                Pop::Empty => {
+                    // Spin a moment before parking: when producers and a consumer run in
+                    // lockstep, parking on every item would cost two syscalls an item.
+                    if empty_spins < EMPTY_SPINS {
+                        empty_spins += 1;
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                }
             }
             let remaining = match deadline {
                 Some(d) => {
