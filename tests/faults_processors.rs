@@ -68,38 +68,7 @@ fn too_many_requests_with_retry_after() {
 
 #[test]
 fn a_processor_that_never_answers() {
-    let default = processor("0.07");
-    let fallback = processor("0.10");
-    let shm = TempShm::new("chaos-hang");
-    let port = free_port();
-    let up = Proc::start(
-        &[
-            "up",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--shm",
-            &shm.path(),
-            "--no-limits",
-        ],
-        &[
-            (
-                "PROCESSOR_DEFAULT_URL",
-                &format!("http://127.0.0.1:{}", default.1),
-            ),
-            (
-                "PROCESSOR_FALLBACK_URL",
-                &format!("http://127.0.0.1:{}", fallback.1),
-            ),
-            ("RINHA_PROCESSOR_TIMEOUT_MS", "1500"),
-        ],
-    );
-    let e = Engine {
-        up,
-        port,
-        default,
-        fallback,
-        shm,
-    };
+    let e = Engine::start_with("chaos-hang", &[("RINHA_PROCESSOR_TIMEOUT_MS", "1500")]);
     admin(e.default.1, "chaos", r#"{"mode":"hang"}"#);
     assert_eq!(post_n(e.port, 0, 100), 100);
     std::thread::sleep(Duration::from_secs(3));

@@ -100,7 +100,7 @@ impl<'a> IdSet<'a> {
         if n == 0 {
             return Insert::Full;
         }
-        let (lo, hi) = split(id);
+        let (lo, hi) = super::id_words(id);
         // Acquire pairs with the Release in `clear`: a writer that sees the new generation
         // also sees that every entry of the old one now counts as empty.
         let gen = self.generation.load(Ordering::Acquire);
@@ -164,7 +164,7 @@ impl<'a> IdSet<'a> {
         if n == 0 {
             return false;
         }
-        let (lo, hi) = split(id);
+        let (lo, hi) = super::id_words(id);
         let gen = self.generation.load(Ordering::Acquire);
         let home = (mix(lo, hi) % n as u64) as usize;
         for step in 0..MAX_PROBE.min(n) {
@@ -190,7 +190,7 @@ impl<'a> IdSet<'a> {
         if n == 0 {
             return false;
         }
-        let (lo, hi) = split(id);
+        let (lo, hi) = super::id_words(id);
         let gen = self.generation.load(Ordering::Acquire);
         let home = (mix(lo, hi) % n as u64) as usize;
         for step in 0..MAX_PROBE.min(n) {
@@ -222,14 +222,6 @@ impl<'a> IdSet<'a> {
         // Release pairs with the Acquire in `insert`.
         self.generation.fetch_add(1, Ordering::Release);
     }
-}
-
-fn split(id: &[u8; 16]) -> (u64, u64) {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&id[..8]);
-    hi.copy_from_slice(&id[8..]);
-    (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
 }
 
 /// A cheap 64-bit mix (splitmix64 finaliser) so that ids that differ in few bits spread.

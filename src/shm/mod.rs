@@ -584,6 +584,23 @@ impl Region {
     }
 }
 
+/// A correlationId as two little-endian words (how the ring, the log and the id set store it).
+pub(crate) fn id_words(id: &[u8; 16]) -> (u64, u64) {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&id[..8]);
+    hi.copy_from_slice(&id[8..]);
+    (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
+}
+
+/// Inverse of [`id_words`].
+pub(crate) fn id_from_words(lo: u64, hi: u64) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&lo.to_le_bytes());
+    id[8..].copy_from_slice(&hi.to_le_bytes());
+    id
+}
+
 /// Milliseconds since the epoch (the clock every record uses).
 pub fn unix_ms() -> i64 {
     now_ms()

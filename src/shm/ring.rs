@@ -97,13 +97,10 @@ unsafe impl Shared for Slot {}
 
 /// The payment and its purge generation as seven words.
 pub(crate) fn encode(p: &Payment, generation: u32) -> [u64; 7] {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&p.id[..8]);
-    hi.copy_from_slice(&p.id[8..]);
+    let (lo, hi) = super::id_words(&p.id);
     [
-        u64::from_le_bytes(lo),
-        u64::from_le_bytes(hi),
+        lo,
+        hi,
         p.cents,
         p.received_at_ms as u64,
         p.first_requested_at_ms as u64,
@@ -114,12 +111,9 @@ pub(crate) fn encode(p: &Payment, generation: u32) -> [u64; 7] {
 
 /// Inverse of [`encode`].
 pub(crate) fn decode(w: &[u64; 7]) -> (Payment, u32) {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&w[0].to_le_bytes());
-    id[8..].copy_from_slice(&w[1].to_le_bytes());
     (
         Payment {
-            id,
+            id: super::id_from_words(w[0], w[1]),
             cents: w[2],
             received_at_ms: w[3] as i64,
             first_requested_at_ms: w[4] as i64,

@@ -149,14 +149,6 @@ pub struct StatsLog<'a> {
     records: &'a [Record],
 }
 
-fn split(id: &[u8; 16]) -> (u64, u64) {
-    let mut lo = [0u8; 8];
-    let mut hi = [0u8; 8];
-    lo.copy_from_slice(&id[..8]);
-    hi.copy_from_slice(&id[8..]);
-    (u64::from_le_bytes(lo), u64::from_le_bytes(hi))
-}
-
 impl<'a> StatsLog<'a> {
     pub(crate) fn new(region: &'a Region) -> StatsLog<'a> {
         let map = region.mapping();
@@ -188,7 +180,7 @@ impl<'a> StatsLog<'a> {
             return Err(LogFull); // index i stays a hole; record i - capacity is still live
         }
         let r = &self.records[(i % self.cap()) as usize];
-        let (lo, hi) = split(id);
+        let (lo, hi) = super::id_words(id);
         r.stamp.store(i << 1, Ordering::Relaxed);
         // Release fence: the "not committed" stamp is visible before any new field value, so
         // a reader of the previous lap that overlaps this write fails its second stamp check.

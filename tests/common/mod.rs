@@ -254,11 +254,16 @@ pub struct Engine {
 
 impl Engine {
     pub fn start(tag: &str) -> Engine {
+        Self::start_with(tag, &[])
+    }
+
+    /// The engine with extra environment for its roles (e.g. a consumer setting).
+    pub fn start_with(tag: &str, env: &[(&str, &str)]) -> Engine {
         let default = processor("0.07");
         let fallback = processor("0.10");
         let shm = TempShm::new(tag);
         let port = free_port();
-        let up = Self::up(&shm, port, default.1, fallback.1);
+        let up = Self::up_with(&shm, port, default.1, fallback.1, env);
         Engine {
             up,
             port,
@@ -269,19 +274,30 @@ impl Engine {
     }
 
     pub fn up(shm: &TempShm, port: u16, d: u16, f: u16) -> Proc {
+        Self::up_with(shm, port, d, f, &[])
+    }
+
+    pub fn up_with(shm: &TempShm, port: u16, d: u16, f: u16, extra: &[(&str, &str)]) -> Proc {
+        let (du, fu) = (
+            format!("http://127.0.0.1:{d}"),
+            format!("http://127.0.0.1:{f}"),
+        );
+        let mut env = vec![
+            ("PROCESSOR_DEFAULT_URL", du.as_str()),
+            ("PROCESSOR_FALLBACK_URL", fu.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        let listen = format!("127.0.0.1:{port}");
         Proc::start(
             &[
                 "up",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &listen,
                 "--shm",
                 &shm.path(),
                 "--no-limits",
             ],
-            &[
-                ("PROCESSOR_DEFAULT_URL", &format!("http://127.0.0.1:{d}")),
-                ("PROCESSOR_FALLBACK_URL", &format!("http://127.0.0.1:{f}")),
-            ],
+            &env,
         )
     }
 
