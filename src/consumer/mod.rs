@@ -11,7 +11,8 @@
 //!   never sent -> someone else's duplicate: dropped without a record.
 //! - 500 / 429 / refused -> not stored. The payment may be re-routed, unless an earlier
 //!   attempt ended in an unknown outcome: then it stays with that processor until a retry is
-//!   answered 200/422 or `GET /payments/{id}` answers 404 after the processor's delay.
+//!   answered 200/422 or `GET /payments/{id}` answers 404 once that attempt must have been
+//!   handled (its send + the longest expected delay, at least our timeout, + 1 s).
 //! - Timeout, reset, garbage -> unknown: retried on the SAME processor with the SAME
 //!   requestedAt (a stored payment answers 422 and is recorded once).
 //! - Retries back off from 10 ms to 1 s and never give up: a payment leaves the consumer
@@ -74,6 +75,8 @@ struct Ctx {
     member: Arc<Member>,
     clients: [Arc<ProcessorClient>; 2],
     counters: Counters,
+    /// The processor client's timeout, ms: also our bound on a processor's delay.
+    timeout_ms: i64,
 }
 
 impl Ctx {
@@ -123,15 +126,25 @@ async fn record(ctx: &Ctx, id: InFlightId, p: Processor, requested_at: i64) {
 }
 
 /// Settles a payment whose earlier attempt had an unknown outcome and whose retry was not
-/// stored: asks the processor once its delay has passed. True if it is settled (recorded).
+/// stored: asks the processor once that attempt must have been handled. True if it is
+/// settled (recorded).
+///
+/// The processor stores a request when its delay has passed, even if we are gone, so a 404
+/// only proves "not stored" after `sent_ms` (the last send whose outcome is unknown) plus the
+/// longest delay we can expect: the larger of the advertised delay, the observed average and
+/// our own timeout (which is set above the processors' delays), plus a second.
 async fn resolve_unknown(
     ctx: &Ctx,
     id: InFlightId,
     target: Processor,
     requested_at: i64,
+    sent_ms: i64,
 ) -> Option<bool> {
-    let delay = i64::from(ctx.board(target).min_response_ms.load(Ordering::Relaxed));
-    let ready_at = requested_at + delay.max(1000) + 1000;
+    let board = ctx.board(target);
+    let delay = i64::from(board.min_response_ms.load(Ordering::Relaxed))
+        .max(i64::from(board.latency_ewma_us.load(Ordering::Relaxed)) / 1000)
+        .max(ctx.timeout_ms);
+    let ready_at = sent_ms.max(requested_at) + delay + 1000;
     let wait = ready_at - unix_ms();
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
@@ -149,6 +162,8 @@ async fn resolve_unknown(
 
 async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
     let mut unknown = recovered && ctx.member.payment(id).attempted().is_some();
+    // When the last attempt with an unknown outcome was sent (a dead consumer's: before now).
+    let mut unknown_sent_ms = if unknown { unix_ms() } else { 0 };
     let mut backoff = Duration::from_millis(10);
     loop {
         if ctx.member.is_purged(id) {
@@ -195,7 +210,7 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
             Outcome::AlreadyStored => return record(&ctx, id, target, requested_at).await,
             Outcome::Failed(_) | Outcome::Busy(_) | Outcome::NotSent => {
                 if unknown {
-                    match resolve_unknown(&ctx, id, target, requested_at).await {
+                    match resolve_unknown(&ctx, id, target, requested_at, unknown_sent_ms).await {
                         Some(true) => return,
                         Some(false) => {
                             unknown = false;
@@ -210,7 +225,10 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
                     tokio::time::sleep(Duration::from_secs(secs.clamp(1, 5))).await;
                 }
             }
-            Outcome::Unknown => unknown = true,
+            Outcome::Unknown => {
+                unknown = true;
+                unknown_sent_ms = now;
+            }
         }
         ctx.counters.retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(backoff).await;
@@ -296,6 +314,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Arc::new(ProcessorClient::new(fallback, timeout)),
         ],
         counters: Counters::default(),
+        timeout_ms: i64::try_from(args.timeout_ms).unwrap_or(i64::MAX / 4),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
