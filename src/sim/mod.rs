@@ -34,6 +34,13 @@ use crate::iso8601;
 
 /// Command-line arguments of `rinha processor`.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Test-only (not in the contest's processor): PUT /admin/configurations/chaos \
+{\"mode\": \"none|reset|garbage|truncated|status429|hang\"} (X-Rinha-Token) makes every later \
+POST /payments misbehave after its delay and failure checks. reset, garbage and truncated store \
+the payment first, then close without an answer / answer 200 with a non-JSON body / send part of \
+the answer and close; status429 (Retry-After: 1) and hang (never answers) store nothing."
+)]
 pub struct Args {
     /// Address to bind.
     #[arg(long, env = "RINHA_SIM_BIND", default_value = "127.0.0.1")]
