@@ -264,6 +264,25 @@ fn health_checks_share_one_call_per_window() {
         ok[1] >= Duration::from_millis(900) && ok[2] >= Duration::from_millis(1900),
         "{got:?}"
     );
+    // The waiting places were given back: once the last window has passed, a new burst again
+    // gets one answer at once and two more in the next windows.
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = Instant::now();
+    let again: Vec<_> = (0..3)
+        .map(|i| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20 * i));
+                let a = request(port, "GET", "/payments/service-health", None, &[]).unwrap();
+                (a.status, t.elapsed())
+            })
+        })
+        .collect();
+    let again: Vec<(u16, Duration)> = again.into_iter().map(|c| c.join().unwrap()).collect();
+    assert!(again.iter().all(|g| g.0 == 200), "{again:?}");
+    assert!(
+        again.iter().any(|g| g.1 < Duration::from_millis(500)),
+        "{again:?}"
+    );
 }
 
 #[test]

@@ -34,6 +34,13 @@ use crate::iso8601;
 
 /// Command-line arguments of `rinha processor`.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Test-only (not in the contest's processor): PUT /admin/configurations/chaos \
+{\"mode\": \"none|reset|garbage|truncated|status429|hang\"} (X-Rinha-Token) makes every later \
+POST /payments misbehave after its delay and failure checks. reset, garbage and truncated store \
+the payment first, then close without an answer / answer 200 with a non-JSON body / send part of \
+the answer and close; status429 (Retry-After: 1) and hang (never answers) store nothing."
+)]
 pub struct Args {
     /// Address to bind.
     #[arg(long, env = "RINHA_SIM_BIND", default_value = "127.0.0.1")]
@@ -312,6 +319,7 @@ impl Sim {
 
     fn health(&self, rsp: &mut Response) {
         let s = &self.state;
+        // (time to answer, whether this call took one of the 2 waiting places)
         let wait_until = {
             let mut h = match s.health.lock() {
                 Ok(g) => g,
@@ -320,26 +328,33 @@ impl Sim {
             let now = now_ms();
             if h.next_free_ms <= now {
                 h.next_free_ms = now + s.health_window_ms;
-                Some(now)
+                Some((now, false))
             } else if h.waiting < 2 {
                 let at = h.next_free_ms;
                 h.next_free_ms += s.health_window_ms;
                 h.waiting += 1;
-                Some(at)
+                Some((at, true))
             } else {
                 None
             }
         };
-        let Some(at) = wait_until else {
+        let Some((at, queued)) = wait_until else {
             rsp.status(429).header("Retry-After: 5").json("");
             return;
         };
         let wait = at - now_ms();
         if wait > 0 {
             may::coroutine::sleep(Duration::from_millis(wait as u64));
-            if let Ok(mut h) = s.health.lock() {
-                h.waiting = h.waiting.saturating_sub(1);
-            }
+        }
+        // Give the waiting place back whether or not this coroutine had to sleep (a busy
+        // machine can run it after its window opened): a place never returned would turn
+        // every later call beyond the first of a window into a 429 for good.
+        if queued {
+            let mut h = match s.health.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            h.waiting = h.waiting.saturating_sub(1);
         }
         let body = serde_json::json!({
             "failing": s.failure.load(Ordering::Relaxed),
