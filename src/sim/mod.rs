@@ -400,8 +400,12 @@ impl Sim {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let lo = from.unwrap_or(i64::MIN);
-            let hi = to.unwrap_or(i64::MAX);
+            // Like the real processor (`BETWEEN @from AND @to OR @from IS NULL OR @to IS NULL`):
+            // a missing bound on either side counts everything.
+            let (lo, hi) = match (from, to) {
+                (Some(f), Some(t)) => (f, t),
+                _ => (i64::MIN, i64::MAX),
+            };
             if lo > hi {
                 (0, 0)
             } else {
