@@ -8,6 +8,7 @@
 //! - [`Outcome::NotSent`] and [`Outcome::Failed`]/[`Outcome::Busy`] mean the processor did not
 //!   store the payment; [`Outcome::Unknown`] means it may have (timeout, reset, garbage).
 //!   Who calls: the consumer, from its tokio runtime.
+use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -135,8 +136,15 @@ impl ProcessorClient {
     }
 
     async fn connection(&self) -> Option<TcpStream> {
-        if let Some(c) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
-            return Some(c);
+        while let Some(c) = self.pool.lock().ok().and_then(|mut p| p.pop()) {
+            // A kept-alive connection the processor has closed meanwhile would turn the next
+            // request into an unknown outcome (written, then no answer): check it first. An
+            // idle healthy connection has nothing to read.
+            let mut probe = [0u8; 1];
+            match c.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(c),
+                _ => continue,
+            }
         }
         let addr = self
             .addr
@@ -185,25 +193,38 @@ impl ProcessorClient {
         }
     }
 
-    /// `POST /payments` with `{"correlationId","amount","requestedAt"}`.
+    /// `POST /payments` with `{"correlationId","amount","requestedAt"}`, written into a
+    /// buffer on the stack (no allocation unless the host name is very long).
     pub async fn pay(&self, id: &[u8; 16], cents: u64, requested_at_ms: i64) -> Outcome {
-        let mut ts = [0u8; 24];
-        let mut idbuf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::from_bytes(*id)
-            .hyphenated()
-            .encode_lower(&mut idbuf);
-        let body = format!(
-            r#"{{"correlationId":"{id}","amount":{}.{:02},"requestedAt":"{}"}}"#,
-            cents / 100,
-            cents % 100,
-            iso8601::format_ms(requested_at_ms, &mut ts)
-        );
-        let req = format!(
-            "POST /payments HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        let mut body = [0u8; 192];
+        let body_len = write_payment(&mut body, id, cents, requested_at_ms);
+        let body = &body[..body_len];
+        let mut req = [0u8; 512];
+        let mut w = &mut req[..];
+        let head = write!(
+            w,
+            "POST /payments HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.endpoint.host,
             body.len()
-        );
-        match self.exchange(req.as_bytes()).await {
+        )
+        .and_then(|()| w.write_all(body));
+        let free = w.len();
+        let heap;
+        let req: &[u8] = match head {
+            Ok(()) => &req[..req.len() - free],
+            Err(_) => {
+                let mut v = format!(
+                    "POST /payments HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    self.endpoint.host,
+                    body.len()
+                )
+                .into_bytes();
+                v.extend_from_slice(body);
+                heap = v;
+                &heap
+            }
+        };
+        match self.exchange(req).await {
             Ok(a) => match a.status {
                 200..=299 => Outcome::Stored,
                 422 => Outcome::AlreadyStored,
@@ -258,6 +279,32 @@ impl ProcessorClient {
             min_response_ms: u32::try_from(v.get("minResponseTime")?.as_u64()?).unwrap_or(u32::MAX),
         })
     }
+}
+
+/// Writes `{"correlationId":"...","amount":20.05,"requestedAt":"..."}` into `out` and
+/// returns its length (at most 130 bytes: `out` must hold 192).
+pub fn write_payment(
+    out: &mut [u8; 192],
+    id: &[u8; 16],
+    cents: u64,
+    requested_at_ms: i64,
+) -> usize {
+    let mut ts = [0u8; 24];
+    let mut idbuf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::from_bytes(*id)
+        .hyphenated()
+        .encode_lower(&mut idbuf);
+    let mut w = &mut out[..];
+    // 17 + 36 + 11 + 20 + 1 + 2 + 16 + 24 + 2 = 129 bytes at most: always fits.
+    let _ = write!(
+        w,
+        r#"{{"correlationId":"{id}","amount":{}.{:02},"requestedAt":"{}"}}"#,
+        cents / 100,
+        cents % 100,
+        iso8601::format_ms(requested_at_ms, &mut ts)
+    );
+    let free = w.len();
+    out.len() - free
 }
 
 /// Reads one HTTP/1.1 response (head, then a Content-Length or chunked body).
@@ -495,6 +542,42 @@ mod tests {
             .local_addr()
             .unwrap();
         assert_eq!(client(closed).pay(&[1; 16], 1, 0).await, Outcome::NotSent);
+    }
+
+    #[test]
+    fn the_request_body_is_exact() {
+        let mut out = [0u8; 192];
+        let id = *uuid::Uuid::parse_str("4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3")
+            .unwrap()
+            .as_bytes();
+        let n = write_payment(&mut out, &id, 2005, 1_752_150_896_789);
+        assert_eq!(
+            std::str::from_utf8(&out[..n]).unwrap(),
+            r#"{"correlationId":"4a7901b8-7d26-4d9d-aa19-4dc1c7cf60b3","amount":20.05,"requestedAt":"2025-07-10T12:34:56.789Z"}"#
+        );
+        let n = write_payment(&mut out, &[0xff; 16], u64::MAX, 253_402_300_799_999);
+        assert!(n < 192, "{n}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_processor_closed_is_not_reused() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Each connection answers one request then closes (keep-alive not announced as
+            // closed, like a server whose idle timeout fired).
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut b = [0u8; 2048];
+                let _ = s.read(&mut b).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                    .await;
+            }
+        });
+        let c = client(addr);
+        assert_eq!(c.pay(&[1; 16], 1, 0).await, Outcome::Stored);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(c.pay(&[2; 16], 1, 0).await, Outcome::Stored);
     }
 
     #[tokio::test]

@@ -88,12 +88,14 @@ impl Ctx {
     }
 }
 
-/// Awaits `fut`, flagging `h` as slow while it is outstanding beyond [`SLOW_MS`].
-async fn flag_if_slow<F: Future>(h: &ProcessorHealth, fut: F) -> F::Output {
+/// Awaits `fut`, flagging `h` as slow while it is outstanding beyond `after_ms`
+/// ([`View::slow_after_ms`], at most [`SLOW_MS`]).
+async fn flag_if_slow<F: Future>(h: &ProcessorHealth, after_ms: i64, fut: F) -> F::Output {
     tokio::pin!(fut);
+    let after = Duration::from_millis(after_ms.clamp(1, SLOW_MS) as u64);
     tokio::select! {
         out = &mut fut => return out,
-        _ = tokio::time::sleep(Duration::from_millis(SLOW_MS as u64)) => {}
+        _ = tokio::time::sleep(after) => {}
     }
     loop {
         h.slow_seen_ms.store(unix_ms(), Ordering::Relaxed);
@@ -174,8 +176,10 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
         ctx.member.mark_attempt(id, target, requested_at);
         let started = Instant::now();
         let board = ctx.board(target);
+        let slow_after = View::of(board).slow_after_ms(now);
         let outcome = flag_if_slow(
             board,
+            slow_after,
             ctx.clients[target.index()].pay(&p.id, p.cents, requested_at),
         )
         .await;
