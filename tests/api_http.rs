@@ -161,9 +161,16 @@ fn summary_is_exact_for_many_windows_with_inclusive_bounds() {
         stats.append(at, cents, p, &id).expect("append");
         records.push((at, cents, p));
     }
+    // As the processors' own summary (spec section 2): a missing bound on either side
+    // counts everything.
     let expect = |from: Option<i64>, to: Option<i64>| {
         let mut t = [(0u64, 0u64); 2];
         for &(at, c, p) in &records {
+            let (from, to) = if from.is_none() || to.is_none() {
+                (None, None)
+            } else {
+                (from, to)
+            };
             if from.is_none_or(|f| at >= f) && to.is_none_or(|e| at <= e) {
                 t[p.index()].0 += 1;
                 t[p.index()].1 += c;

@@ -34,6 +34,13 @@ use crate::iso8601;
 
 /// Command-line arguments of `rinha processor`.
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Test-only (not in the contest's processor): PUT /admin/configurations/chaos \
+{\"mode\": \"none|reset|garbage|truncated|status429|hang\"} (X-Rinha-Token) makes every later \
+POST /payments misbehave after its delay and failure checks. reset, garbage and truncated store \
+the payment first, then close without an answer / answer 200 with a non-JSON body / send part of \
+the answer and close; status429 (Retry-After: 1) and hang (never answers) store nothing."
+)]
 pub struct Args {
     /// Address to bind.
     #[arg(long, env = "RINHA_SIM_BIND", default_value = "127.0.0.1")]
@@ -107,6 +114,17 @@ struct Store {
     by_time: BTreeMap<i64, (u64, u64)>,
 }
 
+impl Store {
+    /// Sized for a million payments up front: growing a large map rehashes it under the lock,
+    /// a multi-millisecond pause for every request waiting on it. (Only touched pages cost.)
+    fn new() -> Store {
+        Store {
+            by_id: HashMap::with_capacity(1 << 20),
+            by_time: BTreeMap::new(),
+        }
+    }
+}
+
 struct Health {
     next_free_ms: i64,
     waiting: u32,
@@ -167,7 +185,7 @@ impl Sim {
                 delay_ms: AtomicU64::new(0),
                 failure: AtomicBool::new(false),
                 chaos: AtomicU8::new(0),
-                store: Mutex::new(Store::default()),
+                store: Mutex::new(Store::new()),
                 in_flight: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 max_in_flight: args.max_in_flight,
@@ -301,6 +319,7 @@ impl Sim {
 
     fn health(&self, rsp: &mut Response) {
         let s = &self.state;
+        // (time to answer, whether this call took one of the 2 waiting places)
         let wait_until = {
             let mut h = match s.health.lock() {
                 Ok(g) => g,
@@ -309,26 +328,33 @@ impl Sim {
             let now = now_ms();
             if h.next_free_ms <= now {
                 h.next_free_ms = now + s.health_window_ms;
-                Some(now)
+                Some((now, false))
             } else if h.waiting < 2 {
                 let at = h.next_free_ms;
                 h.next_free_ms += s.health_window_ms;
                 h.waiting += 1;
-                Some(at)
+                Some((at, true))
             } else {
                 None
             }
         };
-        let Some(at) = wait_until else {
+        let Some((at, queued)) = wait_until else {
             rsp.status(429).header("Retry-After: 5").json("");
             return;
         };
         let wait = at - now_ms();
         if wait > 0 {
             may::coroutine::sleep(Duration::from_millis(wait as u64));
-            if let Ok(mut h) = s.health.lock() {
-                h.waiting = h.waiting.saturating_sub(1);
-            }
+        }
+        // Give the waiting place back whether or not this coroutine had to sleep (a busy
+        // machine can run it after its window opened): a place never returned would turn
+        // every later call beyond the first of a window into a 429 for good.
+        if queued {
+            let mut h = match s.health.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            h.waiting = h.waiting.saturating_sub(1);
         }
         let body = serde_json::json!({
             "failing": s.failure.load(Ordering::Relaxed),
@@ -374,8 +400,12 @@ impl Sim {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            let lo = from.unwrap_or(i64::MIN);
-            let hi = to.unwrap_or(i64::MAX);
+            // Like the real processor (`BETWEEN @from AND @to OR @from IS NULL OR @to IS NULL`):
+            // a missing bound on either side counts everything.
+            let (lo, hi) = match (from, to) {
+                (Some(f), Some(t)) => (f, t),
+                _ => (i64::MIN, i64::MAX),
+            };
             if lo > hi {
                 (0, 0)
             } else {
@@ -472,7 +502,7 @@ impl Handler for Sim {
                     ("GET", "/admin/payments-summary") => self.summary(req, rsp),
                     ("POST", "/admin/purge-payments") => {
                         if let Ok(mut st) = self.state.store.lock() {
-                            *st = Store::default();
+                            *st = Store::new();
                         }
                         rsp.status(200)
                             .json(r#"{"message":"All payments purged."}"#);
