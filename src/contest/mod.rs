@@ -294,16 +294,22 @@ fn run_k6(
     file: &Path,
 ) -> anyhow::Result<()> {
     let mut cmd = Command::new(k6);
-    cmd.args(["run", "--quiet", "--no-usage-report"])
-        .arg(&args.script)
-        .env("PROFILE", args.profile.name())
-        .env("TARGET", target)
-        .env("DEFAULT_URL", urls.0)
-        .env("FALLBACK_URL", urls.1)
-        .env("RESULT_FILE", file)
-        .env("K6_NO_USAGE_REPORT", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
+    cmd.args([
+        "run",
+        "--quiet",
+        "--no-usage-report",
+        "--address",
+        "127.0.0.1:0",
+    ])
+    .arg(&args.script)
+    .env("PROFILE", args.profile.name())
+    .env("TARGET", target)
+    .env("DEFAULT_URL", urls.0)
+    .env("FALLBACK_URL", urls.1)
+    .env("RESULT_FILE", file)
+    .env("K6_NO_USAGE_REPORT", "true")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
     let mut k6 = Guard::spawn(cmd, "k6")?;
     loop {
         if let Some(status) = k6.wait_for(Duration::from_millis(200)) {
