@@ -170,16 +170,21 @@ fn smoke_profile_against_the_engine() {
         return;
     }
     let port = free_port();
-    let shm = format!("/dev/shm/rinha-test-contest-{}", std::process::id());
+    let shm = common::TempShm::new("contest");
     let o = contest(&[
         "--profile",
         "smoke",
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--shm",
-        &shm,
+        &shm.path(),
     ]);
-    let _ = std::fs::remove_file(&shm);
+    for leftover in [shm.path(), format!("{}.api-1.sock", shm.path())] {
+        assert!(
+            !std::path::Path::new(&leftover).exists(),
+            "{leftover} left behind"
+        );
+    }
     println!("{}", o.report());
     assert_eq!(o.failures, 0, "{o:?}");
     assert_eq!(o.inconsistencies, 0, "{o:?}");

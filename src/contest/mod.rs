@@ -232,8 +232,8 @@ impl Outcome {
              \n  inconsistencies  {inc:>16}   over {checks} checks; fine {fine:.2}\
              \n  lag              {lag:>16}   (acknowledged {succ} - processors' {total})\
              \n  POSTs            {succ:>16} ok, {fail} failed\
-             \n  default          {dc:>16} payments, {da} at fee {df}\
-             \n  fallback         {fc:>16} payments, {fa} at fee {ff}, {share} % of all\
+             \n  default          {dc:>16} payments, {da} at fee {df:.2}\
+             \n  fallback         {fc:>16} payments, {fa} at fee {ff:.2}, {share} % of all\
              \n  money            {net:>16} net: {gross} minus {fees} fees\
              \n  HTTP requests    {reqs:>16}   ({okreqs} 2xx/3xx in the p99){summary_errors}\n",
             profile = self.profile,
@@ -329,6 +329,24 @@ fn run_k6(
     }
 }
 
+/// Removes the shared file of the engine started here and the API sockets `rinha up` made beside it
+/// (`<shm>.api-<n>.sock`), once the engine is stopped.
+fn remove_engine_files(shm: &Path) {
+    let _ = std::fs::remove_file(shm);
+    let (Some(dir), Some(name)) = (shm.parent(), shm.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let prefix = format!("{name}.api-");
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".sock"))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Runs the test and returns its figures (an error when interrupted, after printing what k6 wrote).
 pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
     watch_signals()?;
@@ -399,8 +417,12 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
         "rinha contest: running k6 ({} profile) against {target}",
         args.profile.name()
     );
-    run_k6(&k6, args, &target, (&default_url, &fallback_url), &file)?;
+    let ran = run_k6(&k6, args, &target, (&default_url, &fallback_url), &file);
     drop(guards);
+    if args.target.is_none() {
+        remove_engine_files(&args.shm);
+    }
+    ran?;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("k6 wrote no result to {}", file.display()))?;
     let outcome: Outcome =
