@@ -13,9 +13,21 @@ use crossbeam::queue::ArrayQueue;
 use rinha::shm::worker::{numbered, test_config};
 use rinha::shm::{Payment, Processor, Region, RegionConfig, Role};
 
-const ITEMS: u64 = 200_000;
-/// Items per cross-process run (the time includes starting the producer processes).
-const PROCESS_ITEMS: u64 = 200_000;
+const ITEMS: u64 = 1_000_000;
+/// Items per cross-process run (timed from a start signal: process start-up is not counted).
+const PROCESS_ITEMS: u64 = 1_000_000;
+
+/// Pins thread or process `pid` (0 = the calling thread) to CPU `n % cpus`. Every variant
+/// pins its producers and consumers the same way, so that the scheduler's placement (two
+/// threads sharing one of this machine's two cores, or not) does not decide the comparison.
+fn pin(pid: i32, n: u64) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let mut set = CpuSet::new();
+    if set.set((n % cpus) as usize).is_ok() {
+        let _ = sched_setaffinity(nix::unistd::Pid::from_raw(pid), &set);
+    }
+}
 
 fn shm_path(tag: &str) -> PathBuf {
     PathBuf::from(format!("/dev/shm/rinha-bench-{tag}-{}", std::process::id()))
@@ -44,6 +56,7 @@ fn ring_threads(region: &Arc<Region>, p: u64, c: u64) -> Duration {
     for i in 0..p {
         let r = Arc::clone(region);
         handles.push(std::thread::spawn(move || {
+            pin(0, i);
             let me = r.join(Role::Other).expect("join");
             for n in i * per..(i + 1) * per {
                 while r.ring().push(&me, &pay(n)).is_err() {
@@ -54,10 +67,11 @@ fn ring_threads(region: &Arc<Region>, p: u64, c: u64) -> Duration {
     }
     let total = per * p;
     let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    for _ in 0..c {
+    for j in 0..c {
         let r = Arc::clone(region);
         let taken = Arc::clone(&taken);
         handles.push(std::thread::spawn(move || {
+            pin(0, p + j);
             let me = r.join(Role::Consumer).expect("join");
             while taken.load(std::sync::atomic::Ordering::Relaxed) < total {
                 if let Some(id) = r.ring().take(&me, Some(Duration::from_millis(1))) {
@@ -84,6 +98,7 @@ fn array_queue_threads(p: u64, c: u64) -> Duration {
     for i in 0..p {
         let q = Arc::clone(&q);
         handles.push(std::thread::spawn(move || {
+            pin(0, i);
             for n in i * per..(i + 1) * per {
                 let mut item = pay(n);
                 while let Err(back) = q.push(item) {
@@ -93,10 +108,11 @@ fn array_queue_threads(p: u64, c: u64) -> Duration {
             }
         }));
     }
-    for _ in 0..c {
+    for j in 0..c {
         let q = Arc::clone(&q);
         let taken = Arc::clone(&taken);
         handles.push(std::thread::spawn(move || {
+            pin(0, p + j);
             while taken.load(std::sync::atomic::Ordering::Relaxed) < total {
                 if let Some(item) = q.pop() {
                     std::hint::black_box(item);
@@ -113,11 +129,13 @@ fn array_queue_threads(p: u64, c: u64) -> Duration {
     start.elapsed()
 }
 
-/// Producers in other processes (`rinha shm-worker produce`), consumers here.
+/// Producers in other processes (`rinha shm-worker produce --wait-go`), consumers here. The
+/// clock starts once every producer has attached and the consumers are running, so process
+/// start-up and mapping the file are not counted.
 fn ring_processes(tag: &str, p: u64, c: u64) -> Duration {
+    use std::io::{BufRead, BufReader, Write};
     let (region, path) = fresh(tag, &test_config(4096));
     let per = PROCESS_ITEMS / p;
-    let start = Instant::now();
     let mut kids: Vec<_> = (0..p)
         .map(|i| {
             Command::new(env!("CARGO_BIN_EXE_rinha"))
@@ -127,26 +145,40 @@ fn ring_processes(tag: &str, p: u64, c: u64) -> Duration {
                     "--ring-capacity",
                     "4096",
                     "produce",
+                    "--wait-go",
                     "--start",
                     &(i * per).to_string(),
                     "--count",
                     &per.to_string(),
                 ])
-                .stdout(Stdio::null())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
                 .spawn()
                 .expect("spawn producer")
         })
         .collect();
+    for (i, k) in kids.iter_mut().enumerate() {
+        pin(k.id() as i32, i as u64);
+        let mut line = String::new();
+        let out = k.stdout.as_mut().expect("producer stdout");
+        BufReader::new(out).read_line(&mut line).expect("ready");
+        assert_eq!(line.trim(), "ready", "producer did not attach");
+    }
     let total = per * p;
     let taken = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let go = Arc::new(std::sync::Barrier::new(c as usize + 1));
     let consumers: Vec<_> = (0..c)
-        .map(|_| {
+        .map(|j| {
             let r = Arc::clone(&region);
             let taken = Arc::clone(&taken);
+            let go = Arc::clone(&go);
             std::thread::spawn(move || {
+                pin(0, p + j);
                 let me = r.join(Role::Consumer).expect("join");
+                go.wait();
                 while taken.load(std::sync::atomic::Ordering::Relaxed) < total {
                     if let Some(id) = r.ring().take(&me, Some(Duration::from_millis(1))) {
+                        std::hint::black_box(me.payment(id));
                         me.discard(id);
                         taken.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -154,6 +186,13 @@ fn ring_processes(tag: &str, p: u64, c: u64) -> Duration {
             })
         })
         .collect();
+    go.wait();
+    let start = Instant::now();
+    for k in &mut kids {
+        let stdin = k.stdin.as_mut().expect("producer stdin");
+        stdin.write_all(b"go\n").expect("go");
+        stdin.flush().expect("go");
+    }
     for h in consumers {
         let _ = h.join();
     }

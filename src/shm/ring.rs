@@ -357,7 +357,13 @@ impl<'a> Ring<'a> {
     /// at most `timeout` (`None` = until a payment comes; `Some(ZERO)` = do not wait).
     /// `None` when the time ran out or `me` has no free in-flight slot.
     pub fn take(&self, me: &Member, timeout: Option<Duration>) -> Option<super::InFlightId> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // The deadline is computed on the first miss only: reading the clock on every take
+        // costs as much as the take itself when payments are waiting.
+        let mut deadline: Option<Instant> = None;
+        let deadline_of = |d: &mut Option<Instant>| -> Option<Instant> {
+            let t = timeout?;
+            Some(*d.get_or_insert_with(|| Instant::now() + t))
+        };
         let slot = me.alloc_slot()?;
         let mut busy_spins = 0u32;
         let mut empty_spins = 0u32;
@@ -379,7 +385,7 @@ impl<'a> Ring<'a> {
                     } else {
                         std::thread::yield_now();
                     }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                    if deadline_of(&mut deadline).is_some_and(|d| Instant::now() >= d) {
                         me.free_slot(slot);
                         return None;
                     }
@@ -395,7 +401,7 @@ impl<'a> Ring<'a> {
                     }
                 }
             }
-            let remaining = match deadline {
+            let remaining = match deadline_of(&mut deadline) {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {

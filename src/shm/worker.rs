@@ -5,7 +5,8 @@
 //! that every number arrived exactly once by reading the stats log.
 //! - `produce`: pushes numbers `start..start+count` (retrying while the ring is full); with
 //!   `--acked FILE`, appends each number to FILE once its push returned (so a kill test knows
-//!   what was acknowledged).
+//!   what was acknowledged); with `--wait-go`, prints `ready` once attached and starts on a
+//!   line from stdin.
 //! - `consume`: takes payments and records each in the log (processor default, requestedAt =
 //!   its number), adopting what dead consumers left; exits after `--idle-ms` without work.
 //! - `append`: appends `count` log records (requestedAt = start + i, cents = 1 + i % 100).
@@ -30,6 +31,10 @@ pub enum Mode {
         /// File that receives each acknowledged number.
         #[arg(long)]
         acked: Option<PathBuf>,
+        /// Print `ready` once attached and wait for a line on stdin before pushing (lets a
+        /// benchmark time the pushes without the process start).
+        #[arg(long)]
+        wait_go: bool,
     },
     /// Take payments and record them.
     Consume {
@@ -94,8 +99,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             start,
             count,
             acked,
+            wait_go,
         } => {
             let me = region.join(Role::Other)?;
+            if wait_go {
+                println!("ready");
+                std::io::stdout().flush()?;
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+            }
             let mut acked = match acked {
                 Some(p) => Some(
                     std::fs::OpenOptions::new()
