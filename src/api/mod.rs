@@ -44,6 +44,10 @@ pub struct Args {
     /// Coroutine worker threads.
     #[arg(long, env = "RINHA_API_WORKERS", default_value_t = 1)]
     pub workers: usize,
+    /// Client connections open at once in this process (about 12 KiB each while idle); at the
+    /// bound a new connection closes the longest-idle one.
+    #[arg(long, env = "RINHA_API_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
 }
 
 /// The API's request handler (one clone per connection).
@@ -200,7 +204,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
     let member = Arc::new(region.join(Role::Api)?);
     let api = Api::new(Arc::clone(&region), member);
-    let limits = Limits::default();
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections (RINHA_API_MAX_CONNECTIONS) must be at least 1");
+    }
+    let limits = Limits {
+        max_connections: args.max_connections,
+        ..Limits::default()
+    };
     let mut ready = Vec::new();
     if let Some(addr) = args.listen {
         let listener =

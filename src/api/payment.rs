@@ -80,6 +80,32 @@ pub fn decode(body: &[u8], now_ms: i64) -> Result<Payment, BadPayment> {
     })
 }
 
+/// The body of the fuzz target over the payment decoder (`fuzz/fuzz_targets/payment_json.rs`,
+/// and `tests/fuzz_corpus.rs` on stable); panics if a promise breaks:
+/// - a refusal's message is non-empty and safe to embed in a JSON string;
+/// - an accepted payment has at least one cent, and writing it back as JSON (hyphenated id,
+///   amount with two decimals) decodes to the same id and cents.
+#[doc(hidden)]
+pub fn fuzz_check(body: &[u8]) {
+    match decode(body, 0) {
+        Err(e) => {
+            let m = e.message();
+            assert!(!m.is_empty() && !m.contains(['"', '\\']), "{m:?}");
+        }
+        Ok(p) => {
+            assert!(p.cents >= 1, "accepted {} cents", p.cents);
+            let again = format!(
+                r#"{{"correlationId":"{}","amount":{}.{:02}}}"#,
+                uuid::Uuid::from_bytes(p.id).hyphenated(),
+                p.cents / 100,
+                p.cents % 100
+            );
+            let q = decode(again.as_bytes(), 0).expect("a payment written back decodes");
+            assert_eq!((q.id, q.cents), (p.id, p.cents), "{again}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,16 @@
 //!   and close; a head over [`Limits::max_head`] bytes or with too many headers 431 and close.
 //! - HTTP/1.0 closes after the answer unless it asked for keep-alive; `Connection: close` is
 //!   honoured. The head must arrive within [`Limits::head_timeout`] of its first byte and an
-//!   idle connection is closed after [`Limits::idle_timeout`] (slowloris and idle clients
-//!   cost one small coroutine and ~1 KiB of buffers, and are bounded in time).
+//!   idle connection is closed after [`Limits::idle_timeout`]. At most
+//!   [`Limits::max_connections`] are open in a process: at the bound a new connection closes
+//!   the longest-idle one ([`conns`]), so idle clients (about 12 KiB each, mostly coroutine
+//!   stack pages) are bounded in number and time and never lock a new client out.
 //! - A panic inside a handler ends that connection only.
 //! - No allocation per request once a connection's buffers have grown to fit its requests.
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use may::net::{TcpListener, TcpStream};
@@ -36,7 +38,9 @@ pub struct Limits {
     pub head_timeout: Duration,
     /// Time a connection may stay idle between requests.
     pub idle_timeout: Duration,
-    /// Connections open at once in this process; more are closed at once.
+    /// Connections open at once in this process; at the bound a new one evicts the
+    /// longest-idle one, or is closed at once when none is idle (see [`conns`]). The first
+    /// value a process serves with sizes its table.
     pub max_connections: usize,
 }
 
@@ -47,7 +51,7 @@ impl Default for Limits {
             max_body: 4096,
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
-            max_connections: 50_000,
+            max_connections: 2048,
         }
     }
 }
@@ -221,7 +225,12 @@ pub trait Handler: Clone + Send + 'static {
 }
 
 const STACK_SIZE: usize = 64 * 1024;
-static OPEN: AtomicUsize = AtomicUsize::new(0);
+static CONNS: OnceLock<conns::Conns> = OnceLock::new();
+
+/// This process's connection table, sized by the first `max_connections` served with.
+pub fn connections(max_connections: usize) -> &'static conns::Conns {
+    CONNS.get_or_init(|| conns::Conns::new(max_connections))
+}
 
 /// Configures the coroutine runtime: call once, before any coroutine, from `main`'s thread.
 pub fn init_runtime(workers: usize) {
@@ -281,22 +290,21 @@ pub fn serve_fd<H: Handler>(fd: OwnedFd, handler: H, limits: Limits) {
 
 /// Serves one accepted stream on its own coroutine.
 pub fn serve_stream<H: Handler>(stream: TcpStream, handler: H, limits: Limits) {
-    if OPEN.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+    let Some(mut ticket) = connections(limits.max_connections).admit(stream.as_raw_fd()) else {
         return; // dropping the stream closes it
-    }
-    let spawned = spawn(move || {
+    };
+    let _ = spawn(move || {
         let _ = stream.set_nodelay(true);
         let mut stream = stream;
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            connection(&mut stream, handler, limits)
+            connection(&mut stream, handler, limits, &mut ticket)
         }));
         let _ = stream.shutdown(std::net::Shutdown::Both);
-        OPEN.fetch_sub(1, Ordering::Relaxed);
+        // The slot is freed (waiting out an eviction in progress) before the fd is closed, so
+        // an evictor never shuts down an fd number that was closed and reused: see conns.rs.
+        drop(ticket);
+        drop(stream);
     });
-    if spawned.is_err() {
-        OPEN.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 enum Parsed {
@@ -390,7 +398,12 @@ fn parse_and_handle<H: Handler>(
     }
 }
 
-fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits) {
+fn connection<H: Handler>(
+    stream: &mut TcpStream,
+    mut handler: H,
+    limits: Limits,
+    ticket: &mut conns::Ticket<'static>,
+) {
     let mut inbuf: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut rsp = Response::new();
@@ -471,9 +484,15 @@ fn connection<H: Handler>(stream: &mut TcpStream, mut handler: H, limits: Limits
         if stream.set_read_timeout(Some(timeout)).is_err() {
             return;
         }
+        if inbuf.is_empty() && !ticket.idle() {
+            return; // evicted to make room for a new connection
+        }
         match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                if !ticket.busy() {
+                    return; // evicted while idle: close without answering
+                }
                 if inbuf.is_empty() {
                     head_started = Some(Instant::now());
                 }
@@ -530,6 +549,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+pub mod conns;
+#[doc(hidden)]
+pub mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,53 +573,7 @@ mod tests {
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
     }
 
-    /// (method, path?query, body) of one handled request.
-    type Req = (String, String, Vec<u8>);
-
-    /// Records what it saw; answers 200.
-    #[derive(Default, Clone)]
-    struct Seen(Vec<Req>);
-    impl Handler for Seen {
-        fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
-            self.0.push((
-                req.method.to_string(),
-                format!("{}?{}", req.path, req.query),
-                req.body.to_vec(),
-            ));
-            rsp.status(200);
-        }
-    }
-
-    /// Feeds `bytes` to the parser in pieces of `cuts`, like `connection` does; returns the
-    /// requests handled and the first rejection code.
-    fn drive(bytes: &[u8], cuts: &[usize]) -> (Vec<Req>, Option<u16>) {
-        let limits = Limits::default();
-        let mut seen = Seen::default();
-        let mut rsp = Response::new();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut fed = 0;
-        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-        points.push(bytes.len());
-        points.sort_unstable();
-        for p in points {
-            buf.extend_from_slice(&bytes[fed..p.max(fed)]);
-            fed = p.max(fed);
-            loop {
-                match parse_and_handle(&buf, &mut seen, &mut rsp, &limits) {
-                    Parsed::Done { used, .. } => {
-                        assert!(used > 0 && used <= buf.len());
-                        buf.drain(..used);
-                    }
-                    Parsed::Partial => break,
-                    Parsed::Reject(code, body) => {
-                        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
-                        return (seen.0, Some(code));
-                    }
-                }
-            }
-        }
-        (seen.0, None)
-    }
+    use super::fuzz::{drive, Req};
 
     use proptest::prelude::*;
 
