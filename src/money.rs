@@ -84,8 +84,11 @@ pub fn parse_cents(text: &str) -> Result<u64, AmountError> {
     if d.scale() > 2 {
         return Err(AmountError::TooPrecise);
     }
-    let cents = (d * Decimal::ONE_HUNDRED)
-        .to_u64()
+    // checked: a 28-digit whole number fits a Decimal but not a hundred times it (found by
+    // the payment_json fuzz target; `*` panics there).
+    let cents = d
+        .checked_mul(Decimal::ONE_HUNDRED)
+        .and_then(|c| c.to_u64())
         .ok_or(AmountError::TooLarge)?;
     if cents > MAX_CENTS {
         return Err(AmountError::TooLarge);
@@ -114,6 +117,18 @@ pub fn to_decimal(cents: u64) -> Decimal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_28_digit_amount_is_too_large_not_a_panic() {
+        assert_eq!(
+            parse_cents("9999999999000004073709551614"),
+            Err(AmountError::TooLarge)
+        );
+        assert_eq!(
+            parse_cents("7922816251426433759354395033"),
+            Err(AmountError::TooLarge)
+        );
+    }
     use proptest::prelude::*;
 
     #[test]
