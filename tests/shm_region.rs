@@ -449,3 +449,30 @@ fn members_of_one_process_get_distinct_entries_and_release_them_on_drop() {
         assert_ne!(m.index(), b.index());
     }
 }
+
+/// The health poller's lease: one holder at a time, renewed by its holder, taken over by
+/// another member once the holder is gone (a member dropped releases its lock exactly as a
+/// killed process does: the lock belongs to its open file description).
+#[test]
+fn the_poller_lease_has_one_holder_and_passes_on_when_it_dies() {
+    let f = TempShm::new();
+    let region = Arc::new(Region::open(&f.0, &small()).expect("region"));
+    let a = region.join(Role::Consumer).expect("a");
+    let b = region.join(Role::Consumer).expect("b");
+    let board = region.health();
+    assert!(board.try_lease(&a, 1_000), "a free lease is taken");
+    assert!(!board.try_lease(&b, 1_001), "a live holder keeps it");
+    assert!(board.try_lease(&a, 1_500), "the holder renews it");
+    assert_eq!(board.lease_holder(), Some(a.index()));
+    drop(a);
+    assert!(
+        board.try_lease(&b, 2_000),
+        "a dead holder's lease is taken over"
+    );
+    assert_eq!(board.lease_holder(), Some(b.index()));
+    let c = region.join(Role::Consumer).expect("c");
+    assert!(
+        !board.try_lease(&c, 2_001),
+        "and then kept by its new holder"
+    );
+}
