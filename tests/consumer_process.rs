@@ -212,6 +212,43 @@ fn failover_when_default_fails_then_a_drain_after_both_fail() {
     r.exactly_once(0..500, t0 - 10, now_ms() + 10, 30);
 }
 
+/// `--tick-ms` (the consumer looks at the ring on a timer instead of parking on it): the
+/// same contract, nothing lost or doubled, failover included.
+#[test]
+fn in_tick_mode_payments_are_processed_once_and_fail_over() {
+    let r = Rig::start("cons-tick", &[("RINHA_CONSUMER_TICK_MS", "5")]);
+    let t0 = now_ms();
+    for n in 0..1000 {
+        r.push(n);
+    }
+    r.settle(1000, Duration::from_secs(40));
+    assert_eq!(admin_summary(r.default.1, "").0, 1000, "default takes all");
+    admin(r.default.1, "failure", r#"{"failure":true}"#);
+    r.push_paced(1000..1300, 300);
+    r.settle(1300, Duration::from_secs(30));
+    assert!(
+        admin_summary(r.fallback.1, "").0 >= 290,
+        "fallback took over while default failed"
+    );
+    r.exactly_once(0..1300, t0 - 10, now_ms() + 10, 30);
+}
+
+#[test]
+fn a_bad_tick_setting_is_refused_by_name() {
+    let shm = TempShm::new("cons-badtick");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args(["consumer", "--shm", &shm.path()])
+        .env("RINHA_CONSUMER_TICK_MS", "5000")
+        .output()
+        .expect("run rinha");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RINHA_CONSUMER_TICK_MS") && err.contains("1000"),
+        "{err}"
+    );
+}
+
 /// The 270 s stage of the final: default goes from ~100 ms to 2000 ms. Payments sent to it
 /// after the jump come back after the consistency check's 2 s margin, so the consumer must
 /// stop sending them there within ~0.4 s, and not go back while answers still take 2 s.

@@ -60,6 +60,13 @@ pub struct Args {
     /// Keep it above the processors' delays (the contest's longest is 5000).
     #[arg(long, env = "RINHA_PROCESSOR_TIMEOUT_MS", default_value_t = 12_000)]
     pub timeout_ms: u64,
+    /// How the consumer learns of new payments. 0: a thread parks on the ring and each
+    /// enqueue wakes it (lowest processing delay, a wake-up of two threads per payment).
+    /// N > 0: the runtime looks at the ring every N ms and takes everything there; no
+    /// thread parks, so the API's enqueue never makes a wake-up syscall (fewer wake-ups
+    /// on a busy machine, processing delayed by up to N ms). At most 1000.
+    #[arg(long, env = "RINHA_CONSUMER_TICK_MS", default_value_t = 0)]
+    pub tick_ms: u64,
 }
 
 #[derive(Default)]
@@ -300,6 +307,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.max_in_flight == 0 {
         anyhow::bail!("--max-in-flight (RINHA_MAX_IN_FLIGHT) must be at least 1");
     }
+    if args.tick_ms > 1000 {
+        anyhow::bail!("--tick-ms (RINHA_CONSUMER_TICK_MS) must be at most 1000");
+    }
     if args.timeout_ms < 100 {
         anyhow::bail!("--timeout-ms (RINHA_PROCESSOR_TIMEOUT_MS) must be at least 100");
     }
@@ -320,9 +330,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<InFlightId>();
     let limit = args.max_in_flight.min(region.config().inflight_per_member);
     let per = region.config().inflight_per_member;
+    if args.tick_ms > 0 {
+        return run_ticking(rt, ctx, limit, per, Duration::from_millis(args.tick_ms));
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<InFlightId>();
     let taker_member = Arc::clone(&member);
     let taker_region = Arc::clone(&region);
     std::thread::Builder::new()
@@ -343,19 +356,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         })
         .context("start the ring taker")?;
-    println!("ready consumer {}", member.index());
-    eprintln!(
-        "rinha consumer {}: default {} fallback {}, up to {limit} payments in flight",
-        member.index(),
-        args.default_url,
-        args.fallback_url
-    );
+    announce(&ctx, limit, "parked on the ring");
     rt.block_on(async move {
         tokio::spawn(poller(Arc::clone(&ctx)));
         tokio::spawn(recovery(Arc::clone(&ctx)));
         tokio::spawn(report(Arc::clone(&ctx)));
         while let Some(id) = rx.recv().await {
             tokio::spawn(process(Arc::clone(&ctx), id, false));
+        }
+    });
+    Ok(())
+}
+
+fn announce(ctx: &Ctx, limit: u32, how: &str) {
+    println!("ready consumer {}", ctx.member.index());
+    eprintln!(
+        "rinha consumer {}: default {}:{} fallback {}:{}, up to {limit} payments in flight, {how}",
+        ctx.member.index(),
+        ctx.clients[0].endpoint().host,
+        ctx.clients[0].endpoint().port,
+        ctx.clients[1].endpoint().host,
+        ctx.clients[1].endpoint().port,
+    );
+}
+
+/// The `--tick-ms` mode: one runtime thread, no ring-taker. Every `tick` it takes what the
+/// ring holds (never waiting), up to `limit` payments in flight.
+fn run_ticking(
+    rt: tokio::runtime::Runtime,
+    ctx: Arc<Ctx>,
+    limit: u32,
+    per: u32,
+    tick: Duration,
+) -> anyhow::Result<()> {
+    announce(&ctx, limit, &format!("looking at the ring every {tick:?}"));
+    rt.block_on(async move {
+        tokio::spawn(poller(Arc::clone(&ctx)));
+        tokio::spawn(recovery(Arc::clone(&ctx)));
+        tokio::spawn(report(Arc::clone(&ctx)));
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            // Busy slots = per - free; keep at most `limit` of them.
+            while per - ctx.member.take_limit() < limit {
+                match ctx.region.ring().take(&ctx.member, Some(Duration::ZERO)) {
+                    Some(id) => {
+                        tokio::spawn(process(Arc::clone(&ctx), id, false));
+                    }
+                    None => break,
+                }
+            }
         }
     });
     Ok(())

@@ -393,8 +393,9 @@ impl<'a> Ring<'a> {
                 }
                 Pop::Empty => {
                     // Spin a moment before parking: when producers and a consumer run in
-                    // lockstep, parking on every item would cost two syscalls an item.
-                    if empty_spins < EMPTY_SPINS {
+                    // lockstep, parking on every item would cost two syscalls an item. A caller
+                    // that will not wait (`Some(ZERO)`, a poller) gets its answer at once.
+                    if empty_spins < EMPTY_SPINS && timeout != Some(Duration::ZERO) {
                         empty_spins += 1;
                         std::hint::spin_loop();
                         continue;
