@@ -339,3 +339,34 @@ fn a_failed_start_stops_what_was_already_started() {
     assert!(stderr.contains("stopped default simulator"), "{stderr}");
     assert!(!listening(d), "default simulator still listening");
 }
+
+/// Processors that an earlier run configured (their token is no longer the initial one): the
+/// run stops in k6's setup with the reason, instead of scoring a timeline that never happened.
+#[test]
+fn processors_configured_by_an_earlier_run_stop_the_test_with_the_reason() {
+    if !have_k6() {
+        return;
+    }
+    let (_d, dp) = common::processor("0.07");
+    let (_f, fp) = common::processor("0.10");
+    for port in [dp, fp] {
+        common::admin(port, "token", r#"{"token":"an-earlier-run"}"#);
+    }
+    let backend = fake_backend(ZERO);
+    let out = Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["contest", "--profile", "tiny", "--external-processors"])
+        .args(["--default-port", &dp.to_string()])
+        .args(["--fallback-port", &fp.to_string()])
+        .args(["--target", &format!("http://127.0.0.1:{backend}")])
+        .arg("--results")
+        .arg(std::env::temp_dir().join(format!("rinha-results-token-{}", std::process::id())))
+        .output()
+        .expect("run rinha contest");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run must fail: {stderr}");
+    assert!(
+        stderr.contains("401") && stderr.contains("restart the processors"),
+        "{stderr}"
+    );
+}

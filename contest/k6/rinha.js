@@ -12,6 +12,7 @@
 import http from 'k6/http';
 import { sleep } from 'k6';
 import { Counter } from 'k6/metrics';
+import exec from 'k6/execution';
 import { cents, scaled, scoreOf } from './score.js';
 
 const PROFILES = {
@@ -56,6 +57,9 @@ const finalFallbackCents = new Counter('final_fallback_cents');
 const finalDefaultFeeBp = new Counter('final_default_fee_bp');
 const finalFallbackFeeBp = new Counter('final_fallback_fee_bp');
 const finalSummaryErrors = new Counter('final_summary_errors');
+// Admin calls to the processors (mode changes, consistency checks) that were not answered 200:
+// the run's timeline or checks are then not the contest's, and `rinha contest` refuses it.
+const adminErrors = new Counter('admin_errors');
 
 export const options = {
   scenarios: {
@@ -120,13 +124,24 @@ function admin(url, token, method, path, body) {
   });
 }
 
+// An admin call of the setup that must succeed, or the test stops here with the reason.
+function mustAdmin(url, token, method, path, body, want) {
+  const res = admin(url, token, method, path, body);
+  if (res.status !== want) {
+    const why = res.status === 401
+      ? ': the processor no longer takes the token, so an earlier run configured it; restart the processors'
+      : '';
+    exec.test.abort(`setup: ${method} ${url}${path} answered ${res.status}, not ${want}${why}`);
+  }
+}
+
 export function setup() {
   const token = `t${Math.floor(Math.random() * 1e12)}`;
   for (const url of [DEFAULT_URL, FALLBACK_URL]) {
-    admin(url, INITIAL_TOKEN, 'PUT', '/admin/configurations/token', { token });
-    admin(url, token, 'PUT', '/admin/configurations/delay', { delay: 0 });
-    admin(url, token, 'PUT', '/admin/configurations/failure', { failure: false });
-    admin(url, token, 'POST', '/admin/purge-payments');
+    mustAdmin(url, INITIAL_TOKEN, 'PUT', '/admin/configurations/token', { token }, 204);
+    mustAdmin(url, token, 'PUT', '/admin/configurations/delay', { delay: 0 }, 200);
+    mustAdmin(url, token, 'PUT', '/admin/configurations/failure', { failure: false }, 200);
+    mustAdmin(url, token, 'POST', '/admin/purge-payments', undefined, 200);
   }
   http.post(`${TARGET}/purge-payments`, null, { timeout: '10s' });
   return { token, start: Date.now() };
@@ -157,10 +172,18 @@ export function modes(data) {
     if (Date.now() > data.start + P.seconds * 1000) {
       return;
     }
-    admin(DEFAULT_URL, data.token, 'PUT', '/admin/configurations/delay', { delay: dDelay });
-    admin(DEFAULT_URL, data.token, 'PUT', '/admin/configurations/failure', { failure: dFail });
-    admin(FALLBACK_URL, data.token, 'PUT', '/admin/configurations/delay', { delay: fDelay });
-    admin(FALLBACK_URL, data.token, 'PUT', '/admin/configurations/failure', { failure: fFail });
+    for (const [url, path, body] of [
+      [DEFAULT_URL, '/admin/configurations/delay', { delay: dDelay }],
+      [DEFAULT_URL, '/admin/configurations/failure', { failure: dFail }],
+      [FALLBACK_URL, '/admin/configurations/delay', { delay: fDelay }],
+      [FALLBACK_URL, '/admin/configurations/failure', { failure: fFail }],
+    ]) {
+      const res = admin(url, data.token, 'PUT', path, body);
+      if (res.status !== 200) {
+        adminErrors.add(1);
+        console.error(`modes: PUT ${url}${path} answered ${res.status}`);
+      }
+    }
   }
 }
 
@@ -173,10 +196,17 @@ export function consistency(data) {
     ['GET', `${FALLBACK_URL}/admin/payments-summary${q}`, null, { headers: { 'X-Rinha-Token': data.token }, timeout: '5s' }],
   ]);
   checks.add(1);
+  if (d.status !== 200 || f.status !== 200) {
+    adminErrors.add(1);
+    console.error(`consistency: processors' summaries answered ${d.status} and ${f.status}`);
+  }
   try {
     const o = ours.json();
     const diff = Math.abs(o.default.totalRequests - d.json().totalRequests)
       + Math.abs(o.fallback.totalRequests - f.json().totalRequests);
+    if (!Number.isFinite(diff)) {
+      throw new Error('a count is missing');
+    }
     inconsistencies.add(diff);
   } catch (e) {
     // An unreadable answer is an inconsistency too: the check could not agree.
@@ -193,7 +223,13 @@ export function teardown(data) {
   ]) {
     const res = admin(url, data.token, 'GET', `/admin/payments-summary${q}`);
     try {
+      if (res.status !== 200) {
+        throw new Error(`status ${res.status}`);
+      }
       const s = res.json();
+      if (!Number.isFinite(s.totalRequests)) {
+        throw new Error('no totalRequests');
+      }
       count.add(s.totalRequests);
       amount.add(cents(s.totalAmount));
       fee.add(scaled(s.feePerTransaction, 4));
@@ -252,6 +288,7 @@ export function handleSummary(data) {
     total_fees: s.feeCents / 100,
     net_amount: s.netCents / 100,
     final_summary_errors: count(data, 'final_summary_errors'),
+    admin_errors: count(data, 'admin_errors'),
     http_requests: data.metrics.http_reqs ? data.metrics.http_reqs.values.count : 0,
     successful_http_requests: ok ? ok.values.count : 0,
   };

@@ -137,6 +137,10 @@ pub struct Outcome {
     /// Processors whose end-of-test summary could not be read (their money counts as 0).
     #[serde(default)]
     pub final_summary_errors: u64,
+    /// Processors' admin answers (mode changes, consistency checks) other than 200: the run
+    /// did not follow the contest's timeline or could not check it.
+    #[serde(default)]
+    pub admin_errors: u64,
     /// Every HTTP request k6 made.
     pub http_requests: u64,
     /// Those answered 2xx/3xx: the population of the p99.
@@ -225,6 +229,14 @@ impl Outcome {
         } else {
             String::new()
         };
+        let summary_errors = if self.admin_errors > 0 {
+            format!(
+                "{summary_errors}\n  WARNING          {} processor admin calls refused during the test",
+                self.admin_errors
+            )
+        } else {
+            summary_errors
+        };
         format!(
             "\n  rinha contest, profile {profile}, target {target}\n\
              \n  score            {exact:>16}   (2025 winner: 1,949,876.38 at p99 2.55 ms)\
@@ -292,7 +304,7 @@ fn run_k6(
     target: &str,
     urls: (&str, &str),
     file: &Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<std::process::ExitStatus>> {
     let mut cmd = Command::new(k6);
     cmd.args([
         "run",
@@ -313,10 +325,8 @@ fn run_k6(
     let mut k6 = Guard::spawn(cmd, "k6")?;
     loop {
         if let Some(status) = k6.wait_for(Duration::from_millis(200)) {
-            if !status.success() {
-                eprintln!("rinha contest: k6 exited with {status}");
-            }
-            return Ok(());
+            // The script has no failing threshold: any other exit is an abort or an error.
+            return Ok((!status.success()).then_some(status));
         }
         if interrupted() {
             // One SIGINT: k6 stops the scenarios, runs teardown and handleSummary.
@@ -324,7 +334,7 @@ fn run_k6(
             if k6.wait_for(Duration::from_secs(70)).is_none() {
                 bail!("k6 did not stop within 70 s of Ctrl-C");
             }
-            return Ok(());
+            return Ok(None);
         }
     }
 }
@@ -422,9 +432,16 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
     if args.target.is_none() {
         remove_engine_files(&args.shm);
     }
-    ran?;
-    let text = std::fs::read_to_string(&file)
-        .with_context(|| format!("k6 wrote no result to {}", file.display()))?;
+    let k6_failed = ran?;
+    let text = match (std::fs::read_to_string(&file), k6_failed) {
+        (Ok(text), _) => text,
+        (Err(_), Some(status)) => {
+            bail!("k6 exited with {status} and wrote no result (its messages are above)")
+        }
+        (Err(e), None) => {
+            return Err(e).with_context(|| format!("k6 wrote no result to {}", file.display()))
+        }
+    };
     let outcome: Outcome =
         serde_json::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
     println!("{}", outcome.report());
@@ -432,7 +449,18 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
     if interrupted() {
         bail!("interrupted: the figures above cover only part of the test");
     }
+    if let Some(status) = k6_failed {
+        bail!("k6 exited with {status}: the run is not valid (its messages are above)");
+    }
     outcome.verify()?;
+    if outcome.admin_errors > 0 || outcome.final_summary_errors > 0 {
+        bail!(
+            "the processors refused {} admin calls and {} end-of-test summaries: the run did not \
+             follow the contest's timeline or could not be scored; restart the processors and run again",
+            outcome.admin_errors,
+            outcome.final_summary_errors
+        );
+    }
     Ok(outcome)
 }
 
