@@ -498,6 +498,7 @@ mod tests {
             total_fees: 149_788.54,
             net_amount: 1_666_561.01,
             final_summary_errors: 0,
+            admin_errors: 0,
             http_requests: 90_700,
             successful_http_requests: 90_700,
         }
