@@ -58,8 +58,9 @@ use sys::{Mapping, Shared};
 
 /// "RINHASHM" in ASCII, little endian: the first 8 bytes of every region file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"RINHASHM");
-/// Bumped on every change of the byte layout (see shm-layout.md).
-pub const LAYOUT_VERSION: u32 = 1;
+/// Bumped on every change of the byte layout or of what its words mean (see shm-layout.md).
+/// 2: the id set's tag carries a fingerprint (`src/shm/ids.rs`).
+pub const LAYOUT_VERSION: u32 = 2;
 /// Size of the header page.
 pub const HEADER_SIZE: usize = 4096;
 /// Bytes of one process-table entry (and of the OFD lock range that says it is alive).
