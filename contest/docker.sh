@@ -3,6 +3,8 @@
 #   contest/docker.sh build   release binary on the host -> image rinha-shm:local (FROM scratch)
 #   contest/docker.sh up      build, processors' compose, then ours; wait like the contest runner
 #   contest/docker.sh test    up, then `rinha contest --profile ${PROFILE:-smoke}` against it
+#                             (DIRECT=1: at the balancer container's own address, not through
+#                             the port Docker publishes on 127.0.0.1, to see what Docker's proxy costs)
 #   contest/docker.sh down    stop and remove both composes, the volume and the network
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +59,12 @@ case "${1:-}" in
   test)
     up
     trap down EXIT
-    target/release/rinha contest --profile "${PROFILE:-smoke}" --target http://127.0.0.1:9999 --external-processors
+    target=http://127.0.0.1:9999
+    if [ "${DIRECT:-0}" = 1 ]; then
+      ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$($OURS ps -q lb)" | awk '{print $1}')
+      target=http://$ip:9999
+    fi
+    target/release/rinha contest --profile "${PROFILE:-smoke}" --target "$target" --external-processors
     ;;
   *) echo "usage: $0 build|up|down|test" >&2; exit 2 ;;
 esac
