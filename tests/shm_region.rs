@@ -204,6 +204,41 @@ fn a_parked_consumer_is_woken_by_a_producer() {
     assert!(waited < Duration::from_secs(30));
 }
 
+/// The API's order: publish without waking (`push_deferred`), answer, then `wake`. A
+/// consumer parked before the publish is woken by that late `wake` (not by its 30 s timed
+/// wait), and several deferred pushes are all taken after one `wake`.
+#[test]
+fn a_late_wake_after_deferred_pushes_reaches_a_parked_consumer() {
+    let f = TempShm::new();
+    let r = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let r2 = Arc::clone(&r);
+    let waiter = std::thread::spawn(move || {
+        let me = r2.join(Role::Consumer).unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match r2.ring().take(&me, Some(Duration::from_secs(30))) {
+                Some(id) => got.push(me.payment(id)),
+                None => break,
+            }
+        }
+        (got, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let me = r.join(Role::Api).unwrap();
+    for n in 1..=3 {
+        r.ring().push_deferred(&me, &pay(n)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    r.ring().wake();
+    let (got, waited) = waiter.join().unwrap();
+    assert_eq!(got, vec![pay(1), pay(2), pay(3)]);
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by wake(), not the timeout"
+    );
+}
+
 #[test]
 fn in_flight_limit_is_respected() {
     let f = TempShm::new();

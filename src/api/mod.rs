@@ -3,7 +3,8 @@
 //! Owns the routes and their validation; the wire is [`crate::http`]. Contract:
 //! - `POST /payments` `{"correlationId": UUID, "amount": decimal}`: validated (see
 //!   [`payment`]), checked against the shared id set, pushed into the ring, then 202 with an
-//!   empty body. A correlationId accepted before (by any API process, since the last purge)
+//!   empty body; the consumer is woken after the 202 is written (the payment is in the ring
+//!   before the answer leaves; only the wake-up follows it). A correlationId accepted before (by any API process, since the last purge)
 //!   gets 200 `{"duplicate":true,...}` and nothing is queued. A full ring: 503, and the id is
 //!   forgotten again so that the client may retry. Bad input: 400 with `{"error": ...}`,
 //!   nothing queued.
@@ -55,6 +56,9 @@ pub struct Args {
 pub struct Api {
     region: Arc<Region>,
     member: Arc<Member>,
+    /// A payment was pushed since the last wake-up: the consumer is woken once the answer
+    /// is written ([`Handler::after_write`]), so the 202 never waits for the wake-up.
+    wake_pending: bool,
 }
 
 const NOT_FOUND: &str = r#"{"error":"not found"}"#;
@@ -63,10 +67,14 @@ const NOT_ALLOWED: &str = r#"{"error":"method not allowed"}"#;
 impl Api {
     /// A handler over `region`, pushing as `member`.
     pub fn new(region: Arc<Region>, member: Arc<Member>) -> Api {
-        Api { region, member }
+        Api {
+            region,
+            member,
+            wake_pending: false,
+        }
     }
 
-    fn post_payment(&self, req: &Request<'_>, rsp: &mut Response) {
+    fn post_payment(&mut self, req: &Request<'_>, rsp: &mut Response) {
         let p = match payment::decode(req.body, crate::shm::unix_ms()) {
             Ok(p) => p,
             Err(e) => {
@@ -84,8 +92,9 @@ impl Api {
             }
             Insert::New | Insert::Full => {}
         }
-        match self.region.ring().push(&self.member, &p) {
+        match self.region.ring().push_deferred(&self.member, &p) {
             Ok(()) => {
+                self.wake_pending = true;
                 rsp.status(202);
             }
             Err(_) => {
@@ -149,6 +158,12 @@ impl Handler for Api {
             _ => {
                 rsp.status(404).json(NOT_FOUND);
             }
+        }
+    }
+
+    fn after_write(&mut self) {
+        if std::mem::take(&mut self.wake_pending) {
+            self.region.ring().wake();
         }
     }
 }

@@ -222,6 +222,12 @@ pub fn reason(code: u16) -> &'static str {
 pub trait Handler: Clone + Send + 'static {
     /// Fills `rsp` for `req`. May block the coroutine (e.g. `may::coroutine::sleep`).
     fn handle(&mut self, req: &Request<'_>, rsp: &mut Response);
+
+    /// Called once the answers to what [`Handler::handle`] just saw have been written (or
+    /// could not be: the connection is ending), before the loop waits for more: work that
+    /// must follow a request but need not delay its answer goes here. Not called if a
+    /// handler panicked.
+    fn after_write(&mut self) {}
 }
 
 const STACK_SIZE: usize = 64 * 1024;
@@ -448,25 +454,33 @@ fn connection<H: Handler>(
         }
         inbuf.drain(..start);
         match finish {
-            Some(After::Abort) => return,
+            Some(After::Abort) => {
+                handler.after_write();
+                return;
+            }
             Some(After::Hang) => {
                 let _ = stream.write_all(&out);
+                handler.after_write();
                 let _ = stream.set_read_timeout(Some(limits.idle_timeout));
                 while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
                 return;
             }
             Some(After::Truncate(n)) => {
                 let _ = stream.write_all(&out[..n.min(out.len())]);
+                handler.after_write();
                 return;
             }
             Some(_) => {
                 let _ = stream.write_all(&out);
+                handler.after_write();
                 return;
             }
             None => {}
         }
         if !out.is_empty() {
-            if stream.write_all(&out).is_err() {
+            let written = stream.write_all(&out);
+            handler.after_write();
+            if written.is_err() {
                 return;
             }
             out.clear();
@@ -571,6 +585,67 @@ mod tests {
         assert_eq!(query_param(q, "flag").as_deref(), Some(""));
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+    }
+
+    /// Logs what the loop calls, in order.
+    #[derive(Clone)]
+    struct Logged(std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>);
+    impl Handler for Logged {
+        fn handle(&mut self, _req: &Request<'_>, rsp: &mut Response) {
+            self.0.lock().expect("log").push("handle");
+            rsp.status(202);
+        }
+        fn after_write(&mut self) {
+            self.0.lock().expect("log").push("after");
+        }
+    }
+
+    /// `after_write` follows every batch of answers: once for two pipelined requests, and on
+    /// the closing path (`Connection: close`) too, where the API's wake-up must not be lost.
+    #[test]
+    fn after_write_follows_each_written_batch_and_the_closing_answer() {
+        use std::io::{Read, Write};
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        serve_listener(listener, Logged(log.clone()), Limits::default()).expect("serve");
+        // Waits (10 s at most) until `n` requests were handled and the last call is `after`.
+        let wait_for = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let seen = log.lock().expect("log").clone();
+                let handled = seen.iter().filter(|e| **e == "handle").count();
+                if (handled >= n && seen.last() == Some(&"after")) || Instant::now() > deadline {
+                    return seen;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.write_all(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+            .expect("write");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.windows(12).filter(|w| w == b"202 Accepted").count() < 2 {
+            let n = c.read(&mut buf).expect("read");
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // One read normally holds both (one batch, one call); two reads give two calls.
+        let first = wait_for(2);
+        assert!(
+            first == ["handle", "handle", "after"]
+                || first == ["handle", "after", "handle", "after"],
+            "{first:?}"
+        );
+        c.write_all(b"GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest).expect("read to the end");
+        assert!(rest.starts_with(b"HTTP/1.1 202"));
+        let all = wait_for(3);
+        assert_eq!(all.len(), first.len() + 2, "{all:?}");
+        assert_eq!(all[first.len()..], ["handle", "after"]);
     }
 
     use super::fuzz::{drive, Req};

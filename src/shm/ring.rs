@@ -200,6 +200,18 @@ impl<'a> Ring<'a> {
 
     /// Queues `p`; never blocks. Wakes a parked consumer.
     pub fn push(&self, me: &Member, p: &Payment) -> Result<(), RingFull> {
+        self.push_deferred(me, p)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `p` like [`Ring::push`] but leaves the wake-up to the caller, who must call
+    /// [`Ring::wake`] soon after (one call covers any number of deferred pushes). The API
+    /// answers its client first and wakes the consumer after, so the answer never waits for
+    /// the wake-up's system call, nor behind a consumer thread that the wake-up schedules on
+    /// the API's own CPU. Nothing is lost if the wake never comes (the pusher dies): the
+    /// payment is in the ring, and a parked consumer looks again when its timed wait ends.
+    pub fn push_deferred(&self, me: &Member, p: &Payment) -> Result<(), RingFull> {
         let generation = self.region.generation();
         let words = encode(p, generation);
         let owner = me.index();
@@ -230,7 +242,6 @@ impl<'a> Ring<'a> {
                     store_words(&slot.words, &words);
                     // Release: a consumer that reads FULL with Acquire sees every payload word.
                     slot.stamp.store(stamp(t, owner, FULL), Ordering::Release);
-                    self.notify();
                     return Ok(());
                 }
             } else if pos >= t {
@@ -248,10 +259,15 @@ impl<'a> Ring<'a> {
         }
     }
 
-    fn notify(&self) {
+    /// Wakes one parked consumer, if any is parked: what [`Ring::push`] does after it
+    /// publishes, for callers of [`Ring::push_deferred`]. Cheap when nobody is parked.
+    pub fn wake(&self) {
         // SeqCst on `seq` and `waiters` (here and in `take`) forms the Dekker pair that makes
         // a lost wake-up impossible: either the consumer's increment of `waiters` is seen here
         // and we wake it, or its load of `seq` sees our increment and FUTEX_WAIT returns.
+        // This holds however late after the publish (the FULL stamp) it runs: a consumer that
+        // parks in between has re-checked the ring after raising `waiters`, so it either took
+        // the payment or is counted in `waiters` here.
         self.ctl.seq.fetch_add(1, Ordering::SeqCst);
         if self.ctl.waiters.load(Ordering::SeqCst) > 0 {
             sys::futex_wake(&self.ctl.seq, 1);
@@ -416,7 +432,7 @@ impl<'a> Ring<'a> {
             self.ctl.waiters.fetch_add(1, Ordering::SeqCst);
             let seen = self.ctl.seq.load(Ordering::SeqCst);
             if self.looks_empty() {
-                // A timed wait is only a safety net: wake-ups come from `notify`.
+                // A timed wait is only a safety net: wake-ups come from `wake`.
                 sys::futex_wait(
                     &self.ctl.seq,
                     seen,
