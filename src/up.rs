@@ -5,7 +5,8 @@
 //! the balancer, all on one shared file; waits for each one's `ready` line; caps the engine
 //! (not the simulators) at the contest's 1.5 CPU / 350 MB with cgroups v1 when it can; then
 //! supervises: a role that exits is started again (with backoff), Ctrl-C or SIGTERM stops
-//! everything, and the cgroups it made are removed.
+//! everything, and the cgroups and API sockets it made are removed (the shared file stays:
+//! a `rinha up` on it later resumes the payments still queued).
 //!
 //! ```text
 //! rinha up                      # simulators on 8001/8002, engine on 127.0.0.1:9999
@@ -405,5 +406,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("rinha up: stopping");
     drop(engine);
+    // The balancer's sockets to the APIs are ours to clean; the shared file stays, so that
+    // the next `rinha up` on it resumes what was queued.
+    for s in &sockets {
+        let _ = std::fs::remove_file(s);
+    }
     Ok(())
 }

@@ -262,6 +262,12 @@ fn queued_payments_resume_after_the_engine_restarts_on_the_same_file() {
     assert_eq!(post_range(e.port, 0, 300), 300);
     std::thread::sleep(Duration::from_millis(500));
     e.up.stop();
+    // A clean stop removes the API sockets it made and keeps the shared file.
+    for i in [1, 2] {
+        let sock = format!("{}.api-{i}.sock", e.shm.path());
+        assert!(!std::path::Path::new(&sock).exists(), "{sock} left behind");
+    }
+    assert!(e.shm.0.exists(), "the shared file must stay");
     admin(e.default.1, "failure", r#"{"failure":false}"#);
     admin(e.fallback.1, "failure", r#"{"failure":false}"#);
     e.up = Engine::up(&e.shm, e.port, e.default.1, e.fallback.1);
