@@ -1,0 +1,63 @@
+"""Where a final's slowest answers fall against the VM's steal time.
+
+    python3 contest/tail_vs_steal.py SAMPLES.csv.gz STEAL
+
+SAMPLES: k6's CSV output (K6_OUT=csv=...). STEAL: lines "unix_second steal_jiffies_total"
+(the `cpu` line of /proc/stat, column 8), one a second. Prints the run's p99 over the 2xx/3xx
+requests, how many samples above it fall in seconds when the host took 10 % or more of the
+CPU (20 jiffies a second on 2 CPUs at 100 Hz), and the mean steal in the seconds that hold
+slow samples against the others. Seconds are k6's sample timestamps (1 s resolution).
+"""
+import collections
+import csv
+import gzip
+import os
+import sys
+
+
+def main(samples_path, steal_path):
+    per_second = collections.defaultdict(list)
+    with gzip.open(samples_path, "rt") as f:
+        for row in csv.DictReader(f):
+            if row["metric_name"] != "http_req_duration":
+                continue
+            status = row.get("status") or "0"
+            if 200 <= int(status) < 400:
+                per_second[int(row["timestamp"])].append(float(row["metric_value"]))
+    steal, prev = {}, None
+    with open(steal_path) as f:
+        for line in f:
+            t, total = (int(x) for x in line.split()[:2])
+            if prev is not None:
+                steal[t] = total - prev
+            prev = total
+    per_cpu_second = 100 * (os.cpu_count() or 1)
+    high = per_cpu_second // 10
+    values = sorted(v for vs in per_second.values() for v in vs)
+    if not values:
+        sys.exit("no 2xx/3xx http_req_duration samples in " + samples_path)
+    p99 = values[int(0.99 * len(values))]
+    slow = collections.Counter(
+        t for t, vs in per_second.items() for v in vs if v > p99
+    )
+    n_slow = sum(slow.values())
+    in_high = sum(c for t, c in slow.items() if steal.get(t, 0) >= high)
+    high_seconds = sum(1 for t in per_second if steal.get(t, 0) >= high)
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    with_slow = mean([steal.get(t, 0) for t in slow])
+    without = mean([steal.get(t, 0) for t in per_second if t not in slow])
+    print(f"{len(values)} samples, p99 {p99:.2f} ms; {n_slow} slower, in {len(slow)} seconds")
+    print(
+        f"{in_high} of {n_slow} slow samples fall in the {high_seconds} of {len(per_second)} "
+        f"seconds with steal >= 10 %"
+    )
+    print(
+        f"mean steal, jiffies/s of {per_cpu_second}: {with_slow:.1f} in seconds with slow "
+        f"samples, {without:.1f} in the others"
+    )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2])
