@@ -296,8 +296,18 @@ fn ctrl_c_stops_k6_and_the_simulators_and_still_reports() {
         .take()
         .expect("stdout")
         .read_to_string(&mut out);
+    let saved: Vec<String> = std::fs::read_dir(&results)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     let _ = std::fs::remove_dir_all(&results);
     assert!(!status.success(), "an interrupted run is not a result");
+    assert!(
+        saved.len() == 1 && saved[0].ends_with(".partial.json"),
+        "an interrupted run is saved as partial only: {saved:?}"
+    );
     assert!(rest.contains("interrupted"), "{rest}");
     // k6 was asked to stop, so the part that ran is still reported.
     assert!(

@@ -445,6 +445,17 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
     let outcome: Outcome =
         serde_json::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
     println!("{}", outcome.report());
+    // A run cut short (Ctrl-C) or whose k6 failed is kept for its messages, under a name
+    // that no reader of the results folder can take for a complete run.
+    let complete = !interrupted() && k6_failed.is_none();
+    let file = if complete {
+        file
+    } else {
+        let partial = file.with_extension("partial.json");
+        std::fs::rename(&file, &partial)
+            .with_context(|| format!("rename {} to {}", file.display(), partial.display()))?;
+        partial
+    };
     println!("  saved {}", file.display());
     if interrupted() {
         bail!("interrupted: the figures above cover only part of the test");
