@@ -185,22 +185,34 @@ fn ring_is_fifo_and_full_is_an_immediate_error() {
     }
 }
 
+/// A consumer thread that parks on `r`'s ring (30 s timed waits) until it has taken `n`
+/// payments or a wait ends empty; gives what it took and how long that took.
+fn parked_consumer(r: &Arc<Region>, n: usize) -> std::thread::JoinHandle<(Vec<Payment>, Duration)> {
+    let r = Arc::clone(r);
+    std::thread::spawn(move || {
+        let me = r.join(Role::Consumer).unwrap();
+        let started = std::time::Instant::now();
+        let mut got = Vec::new();
+        while got.len() < n {
+            match r.ring().take(&me, Some(Duration::from_secs(30))) {
+                Some(id) => got.push(me.payment(id)),
+                None => break,
+            }
+        }
+        (got, started.elapsed())
+    })
+}
+
 #[test]
 fn a_parked_consumer_is_woken_by_a_producer() {
     let f = TempShm::new();
     let r = Arc::new(Region::open(&f.0, &small()).unwrap());
-    let r2 = Arc::clone(&r);
-    let waiter = std::thread::spawn(move || {
-        let me = r2.join(Role::Consumer).unwrap();
-        let started = std::time::Instant::now();
-        let id = r2.ring().take(&me, Some(Duration::from_secs(30)));
-        (id.map(|id| me.payment(id)), started.elapsed())
-    });
+    let waiter = parked_consumer(&r, 1);
     std::thread::sleep(Duration::from_millis(100));
     let me = r.join(Role::Api).unwrap();
     r.ring().push(&me, &pay(7)).unwrap();
     let (got, waited) = waiter.join().unwrap();
-    assert_eq!(got, Some(pay(7)));
+    assert_eq!(got, vec![pay(7)]);
     assert!(waited < Duration::from_secs(30));
 }
 
@@ -211,19 +223,7 @@ fn a_parked_consumer_is_woken_by_a_producer() {
 fn a_late_wake_after_deferred_pushes_reaches_a_parked_consumer() {
     let f = TempShm::new();
     let r = Arc::new(Region::open(&f.0, &small()).unwrap());
-    let r2 = Arc::clone(&r);
-    let waiter = std::thread::spawn(move || {
-        let me = r2.join(Role::Consumer).unwrap();
-        let started = std::time::Instant::now();
-        let mut got = Vec::new();
-        while got.len() < 3 {
-            match r2.ring().take(&me, Some(Duration::from_secs(30))) {
-                Some(id) => got.push(me.payment(id)),
-                None => break,
-            }
-        }
-        (got, started.elapsed())
-    });
+    let waiter = parked_consumer(&r, 3);
     std::thread::sleep(Duration::from_millis(100));
     let me = r.join(Role::Api).unwrap();
     for n in 1..=3 {
