@@ -4,10 +4,10 @@
 //! - `POST /payments` `{"correlationId": UUID, "amount": decimal}`: validated (see
 //!   [`payment`]), checked against the shared id set, pushed into the ring, then 202 with an
 //!   empty body; the consumer is woken after the 202 is written (the payment is in the ring
-//!   before the answer leaves; only the wake-up follows it). A correlationId accepted before (by any API process, since the last purge)
-//!   gets 200 `{"duplicate":true,...}` and nothing is queued. A full ring: 503, and the id is
-//!   forgotten again so that the client may retry. Bad input: 400 with `{"error": ...}`,
-//!   nothing queued.
+//!   before the answer leaves; only the wake-up follows it). A correlationId accepted
+//!   before (by any API process, since the last purge) gets 200 `{"duplicate":true,...}`
+//!   and nothing is queued. A full ring: 503, and the id is forgotten again so that the
+//!   client may retry. Bad input: 400 with `{"error": ...}`, nothing queued.
 //! - `GET /payments-summary[?from=..&to=..]`: per-processor count and exact amount of what the
 //!   processors accepted, inclusive bounds on the requestedAt we sent them (one bound alone
 //!   counts everything, as the processors' own summary does); 400 on a malformed date.
