@@ -453,29 +453,24 @@ fn connection<H: Handler>(
             }
         }
         inbuf.drain(..start);
-        match finish {
-            Some(After::Abort) => {
-                handler.after_write();
-                return;
+        if let Some(finish) = finish {
+            // The connection ends here: send what it may still send, let the handler follow
+            // up once, then close (or, for `Hang`, hold it until the client gives up).
+            match finish {
+                After::Abort => {}
+                After::Truncate(n) => {
+                    let _ = stream.write_all(&out[..n.min(out.len())]);
+                }
+                _ => {
+                    let _ = stream.write_all(&out);
+                }
             }
-            Some(After::Hang) => {
-                let _ = stream.write_all(&out);
-                handler.after_write();
+            handler.after_write();
+            if finish == After::Hang {
                 let _ = stream.set_read_timeout(Some(limits.idle_timeout));
                 while matches!(stream.read(&mut chunk), Ok(n) if n > 0) {}
-                return;
             }
-            Some(After::Truncate(n)) => {
-                let _ = stream.write_all(&out[..n.min(out.len())]);
-                handler.after_write();
-                return;
-            }
-            Some(_) => {
-                let _ = stream.write_all(&out);
-                handler.after_write();
-                return;
-            }
-            None => {}
+            return;
         }
         if !out.is_empty() {
             let written = stream.write_all(&out);
