@@ -68,6 +68,8 @@ pub struct Args {
 
 struct Role {
     name: String,
+    /// The binary to run: our own for every role of `rinha up`.
+    program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
     engine: bool,
@@ -76,6 +78,10 @@ struct Role {
     backoff: Duration,
     /// When a role that exited (or failed to restart) is to be started again.
     restart_at: Option<Instant>,
+    /// A restarted role whose `ready` line has not come yet: its first line, and when to
+    /// give up on it. The supervisor polls this instead of blocking, so one role that hangs
+    /// on start never delays another's restart or a stop.
+    awaiting_ready: Option<(mpsc::Receiver<String>, Instant)>,
 }
 
 struct Cgroups {
@@ -138,6 +144,83 @@ impl Drop for Cgroups {
 struct Engine {
     roles: Vec<Role>,
     cgroups: Option<Cgroups>,
+    /// How long a role may take from its start to its `ready` line.
+    ready_within: Duration,
+}
+
+impl Engine {
+    /// One look at every role: a role that exited is scheduled to start again after its
+    /// backoff; a role whose time has come is started; a restarted role that said `ready`
+    /// is reported, and one that did not within `ready_within` is stopped (and so started
+    /// again later). Never blocks: one role that hangs on start delays no other.
+    fn tick(&mut self) {
+        let Engine {
+            roles,
+            cgroups,
+            ready_within,
+        } = self;
+        let now = Instant::now();
+        for r in roles.iter_mut() {
+            let exited = match r.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                r.child = None;
+                r.awaiting_ready = None;
+                // A role that ran 10 s is back in 50 ms (the balancer is the front door);
+                // one that keeps dying young waits longer each time, up to 5 s.
+                r.backoff = if r.started.elapsed() > Duration::from_secs(10) {
+                    Duration::from_millis(50)
+                } else {
+                    (r.backoff * 2).min(Duration::from_secs(5))
+                };
+                eprintln!(
+                    "rinha up: {} exited ({status}); restarting in {:?}",
+                    r.name, r.backoff
+                );
+                r.restart_at = Some(now + r.backoff);
+            }
+        }
+        for r in roles.iter_mut() {
+            if r.restart_at.is_some_and(|at| at <= Instant::now()) {
+                r.restart_at = None;
+                match start(r, cgroups.as_ref()) {
+                    Ok(rx) => r.awaiting_ready = Some((rx, Instant::now() + *ready_within)),
+                    Err(e) => {
+                        r.backoff = (r.backoff * 2).min(Duration::from_secs(5));
+                        eprintln!(
+                            "rinha up: restart of {} failed: {e:#}; trying again in {:?}",
+                            r.name, r.backoff
+                        );
+                        r.restart_at = Some(Instant::now() + r.backoff);
+                    }
+                }
+            }
+            let Some((rx, give_up_at)) = &r.awaiting_ready else {
+                continue;
+            };
+            let first = match rx.try_recv() {
+                Ok(line) => Ok(line),
+                Err(mpsc::TryRecvError::Empty) if Instant::now() < *give_up_at => continue,
+                Err(mpsc::TryRecvError::Empty) => Err(mpsc::RecvTimeoutError::Timeout),
+                Err(mpsc::TryRecvError::Disconnected) => Err(mpsc::RecvTimeoutError::Disconnected),
+            };
+            r.awaiting_ready = None;
+            match ready_line(r, first, *ready_within) {
+                Ok(addr) => eprintln!("rinha up: {} restarted ({addr})", r.name),
+                Err(e) => {
+                    // Stopped here, it is seen as exited on the next tick and started again
+                    // after its (growing) backoff.
+                    eprintln!("rinha up: restart failed: {e:#}");
+                    if let Some(c) = r.child.as_mut() {
+                        let _ = c.kill();
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Engine {
@@ -165,13 +248,10 @@ impl Drop for Engine {
     }
 }
 
-fn spawn(
-    role: &mut Role,
-    cgroups: Option<&Cgroups>,
-    wait_ready: Duration,
-) -> anyhow::Result<String> {
-    let exe = std::env::current_exe().context("find our own binary")?;
-    let mut cmd = Command::new(exe);
+/// Starts `role` (in the engine's cgroups when it is an engine role) and returns the channel
+/// that receives its first line of output; the lines after it are echoed with its name.
+fn start(role: &mut Role, cgroups: Option<&Cgroups>) -> anyhow::Result<mpsc::Receiver<String>> {
+    let mut cmd = Command::new(&role.program);
     cmd.args(&role.args)
         .envs(role.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
@@ -200,13 +280,28 @@ fn spawn(
     });
     role.started = Instant::now();
     role.child = Some(child);
-    match rx.recv_timeout(wait_ready) {
-        Ok(line) if line.starts_with("ready ") => Ok(line),
+    Ok(rx)
+}
+
+/// What a role's first line says: `Ok(address)` for `ready <address>`, else why not.
+fn ready_line(
+    role: &Role,
+    first: Result<String, mpsc::RecvTimeoutError>,
+    within: Duration,
+) -> anyhow::Result<String> {
+    match first {
+        Ok(line) if line.starts_with("ready ") => Ok(line.trim_start_matches("ready ").to_string()),
         Ok(line) => bail!("{} said {line:?} instead of ready", role.name),
-        Err(_) => bail!(
-            "{} did not become ready within {wait_ready:?} (see its errors above)",
+        Err(mpsc::RecvTimeoutError::Timeout) => bail!(
+            "{} did not become ready within {within:?} (see its errors above)",
             role.name
         ),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            bail!(
+                "{} exited before it was ready (see its errors above)",
+                role.name
+            )
+        }
     }
 }
 
@@ -277,8 +372,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let shm = args.shm.display().to_string();
     let mut roles = Vec::new();
+    let exe = std::env::current_exe().context("find our own binary")?;
     let role = |name: String, args: Vec<String>, env: Vec<(String, String)>, engine: bool| Role {
         name,
+        program: exe.clone(),
         args,
         env,
         engine,
@@ -287,6 +384,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // Doubled before the first use when the role dies young: 50 ms, then 100 ms, ... 5 s.
         backoff: Duration::from_millis(25),
         restart_at: None,
+        awaiting_ready: None,
     };
     let (default_url, fallback_url) = match (&args.default_url, &args.fallback_url) {
         (Some(d), Some(f)) => (d.clone(), f.clone()),
@@ -348,15 +446,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec![],
         true,
     ));
-    let mut engine = Engine { roles, cgroups };
+    let mut engine = Engine {
+        roles,
+        cgroups,
+        ready_within: Duration::from_secs(10),
+    };
     for i in 0..engine.roles.len() {
-        let Engine { roles, cgroups } = &mut engine;
-        let line = spawn(&mut roles[i], cgroups.as_ref(), Duration::from_secs(10))?;
-        println!(
-            "started {:<18} {}",
-            roles[i].name,
-            line.trim_start_matches("ready ")
-        );
+        let Engine {
+            roles,
+            cgroups,
+            ready_within,
+        } = &mut engine;
+        // At start-up the roles come up in order (simulators, APIs, consumers, then the
+        // balancer in front of them), and any that fails stops `rinha up` with its reason.
+        let rx = start(&mut roles[i], cgroups.as_ref())?;
+        let addr = ready_line(&roles[i], rx.recv_timeout(*ready_within), *ready_within)?;
+        println!("started {:<18} {addr}", roles[i].name);
     }
     println!("processors: default {default_url}, fallback {fallback_url}; shared file {shm}");
     println!("ready up {}", args.listen);
@@ -364,45 +469,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // restart (a dead balancer is not kept waiting behind a consumer that crashed twice).
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));
-        let Engine { roles, cgroups } = &mut engine;
-        let now = Instant::now();
-        for r in roles.iter_mut() {
-            let exited = match r.child.as_mut().map(|c| c.try_wait()) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(e)) => Some(e.to_string()),
-                _ => None,
-            };
-            if let Some(status) = exited {
-                r.child = None;
-                // A role that ran 10 s is back in 50 ms (the balancer is the front door);
-                // one that keeps dying young waits longer each time, up to 5 s.
-                r.backoff = if r.started.elapsed() > Duration::from_secs(10) {
-                    Duration::from_millis(50)
-                } else {
-                    (r.backoff * 2).min(Duration::from_secs(5))
-                };
-                eprintln!(
-                    "rinha up: {} exited ({status}); restarting in {:?}",
-                    r.name, r.backoff
-                );
-                r.restart_at = Some(now + r.backoff);
-            }
-        }
-        for r in roles.iter_mut() {
-            if r.restart_at.is_some_and(|at| at <= Instant::now()) {
-                r.restart_at = None;
-                if let Err(e) = spawn(r, cgroups.as_ref(), Duration::from_secs(10)) {
-                    r.backoff = (r.backoff * 2).min(Duration::from_secs(5));
-                    eprintln!(
-                        "rinha up: restart of {} failed: {e:#}; trying again in {:?}",
-                        r.name, r.backoff
-                    );
-                    if r.child.is_none() {
-                        r.restart_at = Some(Instant::now() + r.backoff);
-                    }
-                }
-            }
-        }
+        engine.tick();
     }
     println!("rinha up: stopping");
     drop(engine);
@@ -412,4 +479,66 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(s);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell_role(name: &str, script: &str) -> Role {
+        Role {
+            name: name.into(),
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![],
+            engine: false,
+            child: None,
+            started: Instant::now(),
+            backoff: Duration::from_millis(25),
+            restart_at: Some(Instant::now()),
+            awaiting_ready: None,
+        }
+    }
+
+    fn pid(r: &Role) -> Option<u32> {
+        r.child.as_ref().map(Child::id)
+    }
+
+    #[test]
+    fn a_role_that_hangs_on_restart_delays_no_other_and_is_stopped_at_its_limit() {
+        let mut e = Engine {
+            roles: vec![
+                shell_role("hangs", "exec sleep 30"),
+                shell_role("quick", "echo ready quick; exec sleep 30"),
+            ],
+            cgroups: None,
+            ready_within: Duration::from_millis(500),
+        };
+        e.tick();
+        let hung = pid(&e.roles[0]).expect("the hanging role was started");
+        // The quick role is reported ready while the hanging one is still being waited for.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e.roles[1].awaiting_ready.is_some() {
+            assert!(Instant::now() < deadline, "quick never became ready");
+            std::thread::sleep(Duration::from_millis(10));
+            e.tick();
+        }
+        let quick = pid(&e.roles[1]).expect("quick is running");
+        assert_eq!(pid(&e.roles[0]), Some(hung));
+        assert!(
+            e.roles[0].awaiting_ready.is_some(),
+            "the hanging role was given up on before the quick one was even looked at"
+        );
+        // Past its limit the hanging role is stopped and, after its backoff, started again.
+        while pid(&e.roles[0]).is_none_or(|p| p == hung) {
+            assert!(
+                Instant::now() < deadline,
+                "the hanging role was never restarted"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+            e.tick();
+        }
+        assert!(e.roles[0].awaiting_ready.is_some());
+        assert_eq!(pid(&e.roles[1]), Some(quick), "quick was left alone");
+    }
 }
