@@ -307,7 +307,12 @@ pub fn write_payment(
     out.len() - free
 }
 
-/// Reads one HTTP/1.1 response (head, then a Content-Length or chunked body).
+/// The largest answer body we read from a processor. Its answers are a few dozen bytes; a
+/// larger one is a broken or hostile server, and reading it would only cost memory.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Reads one HTTP/1.1 response (head, then a Content-Length or chunked body). A malformed
+/// answer, or a body over [`MAX_BODY`], is an `InvalidData` error, never a panic.
 async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut buf: Vec<u8> = Vec::with_capacity(512);
@@ -358,6 +363,7 @@ async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
         });
     }
     match length {
+        Some(len) if len > MAX_BODY => Err(bad("answer body too large")),
         Some(len) => {
             while body.len() < len {
                 let n = stream.read(&mut chunk).await?;
@@ -390,6 +396,9 @@ async fn read_answer(stream: &mut TcpStream) -> std::io::Result<Answer> {
                     break;
                 }
                 body.extend_from_slice(&chunk[..n]);
+                if body.len() > MAX_BODY {
+                    return Err(bad("answer body too large"));
+                }
             }
             Ok(Answer {
                 status,
@@ -413,6 +422,9 @@ async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::
             if let Some(i) = pending[pos..].windows(2).position(|w| w == b"\r\n") {
                 break pos + i;
             }
+            if pending.len() - pos > 1024 {
+                return Err(bad("chunk size line too long"));
+            }
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 return Err(bad("chunked body truncated"));
@@ -423,6 +435,9 @@ async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::
             std::str::from_utf8(&pending[pos..line_end]).map_err(|_| bad("bad chunk size"))?;
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| bad("bad chunk size"))?;
+        if size > MAX_BODY - out.len() {
+            return Err(bad("answer body too large"));
+        }
         pos = line_end + 2;
         if size == 0 {
             // Trailers until an empty line.
@@ -433,6 +448,9 @@ async fn read_chunked(stream: &mut TcpStream, mut pending: Vec<u8>) -> std::io::
                     }
                     pos += i + 2;
                     continue;
+                }
+                if pending.len() - pos > MAX_BODY {
+                    return Err(bad("trailers too large"));
                 }
                 let n = stream.read(&mut chunk).await?;
                 if n == 0 {
@@ -501,7 +519,7 @@ mod tests {
 
     #[tokio::test]
     async fn classifies_answers() {
-        let cases: [(&'static [u8], Outcome); 6] = [
+        let cases: [(&'static [u8], Outcome); 9] = [
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
                 Outcome::Stored,
@@ -524,6 +542,19 @@ mod tests {
             ),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n{}",
+                Outcome::Unknown,
+            ),
+            // A chunk size that would overflow `pos + size` (it used to panic the task).
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\n{}\r\n0\r\n\r\n",
+                Outcome::Unknown,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n{}",
+                Outcome::Unknown,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10001\r\n{}\r\n0\r\n\r\n",
                 Outcome::Unknown,
             ),
         ];
