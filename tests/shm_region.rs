@@ -354,10 +354,21 @@ fn log_full_is_an_error_and_purge_empties_everything() {
             .append(i, 1, Processor::Default, &numbered(i as u64))
             .unwrap();
     }
-    assert!(r
-        .stats()
-        .append(5, 1, Processor::Default, &numbered(5000))
-        .is_err());
+    for refused in 0..10 {
+        assert!(r
+            .stats()
+            .append(5, 1, Processor::Default, &numbered(5000 + refused))
+            .is_err());
+    }
+    // Refused appends hide nothing that is in the log.
+    assert_eq!(
+        r.stats().summary(None, None).default,
+        Totals {
+            count: 1024,
+            cents: 1024
+        }
+    );
+    assert_eq!(r.stats().len(), 1024);
     let me = r.join(Role::Consumer).unwrap();
     r.ring().push(&me, &pay(1)).unwrap();
     assert_eq!(r.ids().insert(&numbered(1)), rinha::shm::ids::Insert::New);

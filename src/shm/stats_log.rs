@@ -222,11 +222,13 @@ impl<'a> StatsLog<'a> {
         })
     }
 
-    /// The live index range `[lo, hi)`.
+    /// The live index range `[lo, hi)`. An append never overwrites (it is refused at
+    /// `floor + capacity`), so the live records are those from the floor up to the head or
+    /// the capacity, whichever comes first: refused reservations beyond it hide nothing.
     fn live(&self) -> (u64, u64) {
         let floor = self.ctl.floor.load(Ordering::Acquire);
         let head = self.ctl.head.load(Ordering::Acquire);
-        (floor.max(head.saturating_sub(self.cap())), head)
+        (floor, head.min(floor.saturating_add(self.cap())).max(floor))
     }
 
     /// Records since the last purge (holes included).
