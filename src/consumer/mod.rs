@@ -23,7 +23,7 @@
 //! - One consumer at a time (a lease in the region) polls the processors' health.
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,9 @@ struct Counters {
     duplicates: AtomicU64,
     retries: AtomicU64,
     recovered: AtomicU64,
+    /// Set while some payment is held because the stats log is full: the message is said
+    /// once when it fills and once when it has room again, not once per payment.
+    log_full: AtomicBool,
 }
 
 struct Ctx {
@@ -126,11 +129,18 @@ async fn record(ctx: &Ctx, id: InFlightId, p: Processor, requested_at: i64) {
         match ctx.member.complete(id, p, requested_at) {
             Ok(()) => {
                 ctx.counters.recorded[p.index()].fetch_add(1, Ordering::Relaxed);
+                if ctx.counters.log_full.load(Ordering::Relaxed)
+                    && ctx.counters.log_full.swap(false, Ordering::Relaxed)
+                {
+                    eprintln!("rinha consumer: the stats log has room again");
+                }
                 return;
             }
             Err(_) => {
-                // The log is full until a purge: keep the payment, say so now and then.
-                eprintln!("rinha consumer: stats log full; holding payments until a purge");
+                // The log is full until a purge: keep the payment and look again each second.
+                if !ctx.counters.log_full.swap(true, Ordering::Relaxed) {
+                    eprintln!("rinha consumer: stats log full; holding payments until a purge");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
