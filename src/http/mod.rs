@@ -12,8 +12,10 @@
 //!   duplicated `Content-Length` gets 400 and close; a malformed request line or header 400
 //!   and close; a head over [`Limits::max_head`] bytes or with too many headers 431 and close.
 //! - HTTP/1.0 closes after the answer unless it asked for keep-alive; `Connection: close` is
-//!   honoured. The head must arrive within [`Limits::head_timeout`] of its first byte and an
-//!   idle connection is closed after [`Limits::idle_timeout`]. At most
+//!   honoured. A request (head and body) must arrive within [`Limits::head_timeout`] of its
+//!   first byte, an answer must be taken by the client within the same time (a client that
+//!   never reads is disconnected), and an idle connection is closed after
+//!   [`Limits::idle_timeout`]. At most
 //!   [`Limits::max_connections`] are open in a process: at the bound a new connection closes
 //!   the longest-idle one ([`conns`]), so idle clients (about 12 KiB each, mostly coroutine
 //!   stack pages) are bounded in number and time and never lock a new client out.
@@ -34,7 +36,8 @@ pub struct Limits {
     pub max_head: usize,
     /// Largest request body in bytes.
     pub max_body: usize,
-    /// Time allowed from a request's first byte to the end of its head.
+    /// Time allowed from a request's first byte to its last (head and body), and for one
+    /// write of answers to be taken by the client.
     pub head_timeout: Duration,
     /// Time a connection may stay idle between requests.
     pub idle_timeout: Duration,
@@ -301,6 +304,10 @@ pub fn serve_stream<H: Handler>(stream: TcpStream, handler: H, limits: Limits) {
     };
     let _ = spawn(move || {
         let _ = stream.set_nodelay(true);
+        // A client that sends but never reads would hold this coroutine in a write (and its
+        // connection slot busy, so never evicted) for good: an answer that cannot be written
+        // within the head timeout ends the connection.
+        let _ = stream.set_write_timeout(Some(limits.head_timeout));
         let mut stream = stream;
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
             connection(&mut stream, handler, limits, &mut ticket)
@@ -641,6 +648,86 @@ mod tests {
         let all = wait_for(3);
         assert_eq!(all.len(), first.len() + 2, "{all:?}");
         assert_eq!(all[first.len()..], ["handle", "after"]);
+    }
+
+    #[derive(Clone)]
+    struct Accept;
+    impl Handler for Accept {
+        fn handle(&mut self, _req: &Request<'_>, rsp: &mut Response) {
+            rsp.status(202);
+        }
+    }
+
+    /// A client that pipelines requests and never reads its answers is disconnected once an
+    /// answer cannot be written within the head timeout (before, the server sat in the write
+    /// for good and answered everything once the client read again).
+    #[test]
+    fn a_client_that_never_reads_is_disconnected() {
+        use nix::sys::socket::{connect, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+        use nix::sys::socket::{SockType, SockaddrIn};
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let std::net::SocketAddr::V4(addr) = listener.local_addr().expect("addr") else {
+            panic!("not v4");
+        };
+        let limits = Limits {
+            head_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        serve_listener(listener, Accept, limits).expect("serve");
+        // A small receive buffer, so that the server's writes block after a few answers.
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .expect("socket");
+        setsockopt(&fd, sockopt::RcvBuf, &4096).expect("SO_RCVBUF");
+        connect(fd.as_raw_fd(), &SockaddrIn::from(addr)).expect("connect");
+        let mut c = std::net::TcpStream::from(fd);
+        const SENT: usize = 100_000;
+        let mut w = c.try_clone().expect("clone");
+        let writer = std::thread::spawn(move || {
+            let mut sent = 0;
+            while sent < SENT && w.write_all(b"GET /a HTTP/1.1\r\n\r\n").is_ok() {
+                sent += 1;
+            }
+            sent
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("read timeout");
+        let mut answers = 0;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        let end = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break "closed",
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break "reset",
+                Err(e) => {
+                    break if e.kind() == std::io::ErrorKind::WouldBlock {
+                        "open"
+                    } else {
+                        "error"
+                    }
+                }
+            }
+            answers += got.windows(3).filter(|w| w == b"202").count();
+            got.drain(..got.len().saturating_sub(2));
+        };
+        let _ = c.shutdown(std::net::Shutdown::Both);
+        let sent = writer.join().expect("writer");
+        assert!(
+            end == "closed" || end == "reset",
+            "the connection stayed {end}"
+        );
+        assert!(
+            answers < sent,
+            "all {sent} answered: the server never gave up"
+        );
     }
 
     use super::fuzz::{drive, Req};
