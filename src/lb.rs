@@ -8,6 +8,8 @@
 //!   measure against handoff; see the README).
 //! - A backend that dies or refuses is skipped and reconnected in the background (handoff:
 //!   at most every 100 ms, on demand); a socket whose handoff failed goes to the next backend.
+//!   A handoff never blocks: a backend that is alive but not reading (its socket's queue is
+//!   full) is skipped for that client and kept.
 //!   With no backend alive the client socket is closed. The balancer itself never exits
 //!   because of a backend.
 //!
@@ -78,7 +80,10 @@ impl Backend {
         self.conn.as_ref()
     }
 
-    /// Sends `client`'s descriptor; false (and disconnected) if the backend is gone.
+    /// Sends `client`'s descriptor; false if the backend did not take it: gone (then
+    /// disconnected, and reconnected later) or alive but not reading its socket (its queue is
+    /// full: it is kept, and this client goes to the next backend). Never blocks, so a
+    /// stopped API process cannot stall the accept loop.
     fn hand(&mut self, client: &TcpStream) -> bool {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let Some(conn) = self.connected() else {
@@ -87,8 +92,10 @@ impl Backend {
         let fds = [client.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let iov = [IoSlice::new(b"c")];
-        match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL, None) {
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None) {
             Ok(_) => true,
+            Err(nix::errno::Errno::EAGAIN) => false,
             Err(_) => {
                 self.conn = None;
                 false

@@ -88,6 +88,44 @@ fn handoff_survives_a_killed_api_and_uses_it_again_after_restart() {
     drop(lb);
 }
 
+/// An API process that is alive but stopped reading its handoff socket (stuck, or SIGSTOPed)
+/// must not stall the balancer: once that socket's queue is full, new clients go to the
+/// other API. Before, the blocking `sendmsg` held the single accept loop for good.
+#[test]
+fn handoff_skips_a_backend_that_stopped_reading() {
+    let shm = TempShm::new("lb-stuck");
+    let (_a1, s1) = api(&shm, 1);
+    let stuck_path = format!("{}.api-9.sock", shm.path());
+    let _ = std::fs::remove_file(&stuck_path);
+    let stuck = std::os::unix::net::UnixListener::bind(&stuck_path).expect("bind stuck");
+    let holder = std::thread::spawn(move || {
+        // Accept the balancer's connection and never read from it.
+        let conn = stuck.accept().map(|(c, _)| c);
+        std::thread::sleep(Duration::from_secs(120));
+        drop(conn);
+    });
+    let lb = Proc::start(
+        &[
+            "lb",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            &format!("{stuck_path},{s1}"),
+        ],
+        &[],
+    );
+    let lb_addr = addr_of(&lb, "lb");
+    // Connections that are accepted and closed fill the stuck backend's queue: every other one
+    // is handed to it.
+    for _ in 0..3000 {
+        drop(std::net::TcpStream::connect(lb_addr).expect("connect"));
+    }
+    assert_eq!(answered(lb_addr, 20), 20);
+    drop(lb);
+    let _ = std::fs::remove_file(&stuck_path);
+    drop(holder);
+}
+
 #[test]
 fn handoff_skips_a_backend_that_never_existed() {
     let shm = TempShm::new("lb-missing");
