@@ -9,9 +9,9 @@
 //!   store the payment; [`Outcome::Unknown`] means it may have (timeout, reset, garbage).
 //!   Who calls: the consumer, from its tokio runtime.
 use std::io::Write;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -92,6 +92,10 @@ impl Endpoint {
 pub struct ProcessorClient {
     endpoint: Endpoint,
     addr: Mutex<Option<SocketAddr>>,
+    /// When the name was last looked up: after a failed connect it is looked up again, at
+    /// most once per [`RESOLVE_EVERY`], so a processor that is down does not turn every
+    /// payment into a DNS query.
+    resolved_at: Mutex<Option<Instant>>,
     pool: Mutex<Vec<TcpStream>>,
     timeout: Duration,
 }
@@ -109,10 +113,16 @@ impl ProcessorClient {
         let c = ProcessorClient {
             endpoint,
             addr: Mutex::new(None),
+            resolved_at: Mutex::new(None),
             pool: Mutex::new(Vec::new()),
             timeout,
         };
-        c.resolve();
+        // An IP address needs no lookup; a name is looked up by the first connection.
+        if let Ok(ip) = c.endpoint.host.parse::<std::net::IpAddr>() {
+            if let Ok(mut a) = c.addr.lock() {
+                *a = Some(SocketAddr::new(ip, c.endpoint.port));
+            }
+        }
         c
     }
 
@@ -121,18 +131,29 @@ impl ProcessorClient {
         &self.endpoint
     }
 
-    fn resolve(&self) -> Option<SocketAddr> {
-        let found = (self.endpoint.host.as_str(), self.endpoint.port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next());
-        if let Ok(mut g) = self.addr.lock() {
-            if found.is_some() {
-                *g = found;
+    /// Looks the host up again (asynchronously: the runtime's other tasks go on meanwhile),
+    /// unless that was done less than [`RESOLVE_EVERY`] ago; returns the address to use.
+    async fn resolve(&self) -> Option<SocketAddr> {
+        let due = self.resolved_at.lock().is_ok_and(|mut at| {
+            let due = at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
+            if due {
+                *at = Some(Instant::now());
             }
-            return *g;
+            due
+        });
+        if due {
+            let host = (self.endpoint.host.as_str(), self.endpoint.port);
+            if let Some(found) = tokio::net::lookup_host(host)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+            {
+                if let Ok(mut g) = self.addr.lock() {
+                    *g = Some(found);
+                }
+            }
         }
-        found
+        self.addr.lock().ok().and_then(|g| *g)
     }
 
     async fn connection(&self) -> Option<TcpStream> {
@@ -146,12 +167,11 @@ impl ProcessorClient {
                 _ => continue,
             }
         }
-        let addr = self
-            .addr
-            .lock()
-            .ok()
-            .and_then(|g| *g)
-            .or_else(|| self.resolve())?;
+        let known = self.addr.lock().ok().and_then(|g| *g);
+        let addr = match known {
+            Some(a) => a,
+            None => self.resolve().await?,
+        };
         let connect = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await;
         match connect {
             Ok(Ok(s)) => {
@@ -159,7 +179,10 @@ impl ProcessorClient {
                 Some(s)
             }
             _ => {
-                self.resolve();
+                // A container that restarted may have a new address.
+                if self.endpoint.host.parse::<std::net::IpAddr>().is_err() {
+                    self.resolve().await;
+                }
                 None
             }
         }
@@ -306,6 +329,9 @@ pub fn write_payment(
     let free = w.len();
     out.len() - free
 }
+
+/// How often a processor's host name may be looked up again after a failed connect.
+const RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
 /// The largest answer body we read from a processor. Its answers are a few dozen bytes; a
 /// larger one is a broken or hostile server, and reading it would only cost memory.

@@ -112,6 +112,11 @@ fn code() -> BTreeMap<&'static str, (usize, usize)> {
         offset_of!(ProcessorHealth, slow_seen_ms),
         8,
     );
+    put(
+        "ProcessorHealth.poll_tried_ms",
+        offset_of!(ProcessorHealth, poll_tried_ms),
+        8,
+    );
     assert!(size_of::<ProcessorHealth>() <= size_of::<CachePadded<ProcessorHealth>>());
     put(
         "BoardRaw.lease_holder",

@@ -528,6 +528,21 @@ fn the_poller_lease_has_one_holder_and_passes_on_when_it_dies() {
         !board.try_lease(&c, 2_001),
         "and then kept by its new holder"
     );
+    // A holder that is alive but stopped renewing (its entry adopted by a consumer that does
+    // not poll, say) loses the lease once it is stale, and only then.
+    let stale = rinha::shm::LEASE_STALE_MS;
+    assert!(
+        !board.try_lease(&c, 2_000 + stale - 1),
+        "taken before it was stale"
+    );
+    assert!(
+        board.try_lease(&c, 2_000 + stale),
+        "a stale lease is taken over"
+    );
+    assert!(
+        !board.try_lease(&b, 2_000 + stale + 1),
+        "the old holder lost it"
+    );
 }
 
 /// Polls `f` until it gives `Some`, for at most 10 s; panics naming `what` after that.

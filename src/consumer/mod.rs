@@ -153,8 +153,9 @@ async fn record(ctx: &Ctx, id: InFlightId, p: Processor, requested_at: i64) {
 ///
 /// The processor stores a request when its delay has passed, even if we are gone, so a 404
 /// only proves "not stored" after `sent_ms` (the last send whose outcome is unknown) plus the
-/// longest delay we can expect: the larger of the advertised delay, the observed average and
-/// our own timeout (which is set above the processors' delays), plus a second.
+/// longest time it can take to get there: twice the larger of the advertised delay and the
+/// observed average (a request may wait in the processor's queue for a whole delay before
+/// its own starts), or our own timeout if that is longer, plus a second.
 async fn resolve_unknown(
     ctx: &Ctx,
     id: InFlightId,
@@ -163,9 +164,10 @@ async fn resolve_unknown(
     sent_ms: i64,
 ) -> Option<bool> {
     let board = ctx.board(target);
-    let delay = i64::from(board.min_response_ms.load(Ordering::Relaxed))
+    let delay = (i64::from(board.min_response_ms.load(Ordering::Relaxed))
         .max(i64::from(board.latency_ewma_us.load(Ordering::Relaxed)) / 1000)
-        .max(ctx.timeout_ms);
+        * 2)
+    .max(ctx.timeout_ms);
     let ready_at = sent_ms.max(requested_at) + delay + 1000;
     let wait = ready_at - unix_ms();
     if wait > 0 {
@@ -204,7 +206,6 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
                 }
             },
         };
-        let first_send = p.attempts == 0 && !recovered;
         let requested_at = if p.attempted().is_some() {
             p.first_requested_at_ms
         } else {
@@ -224,7 +225,10 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
         health::observe(board, ok, started.elapsed().as_micros() as u64, unix_ms());
         match outcome {
             Outcome::Stored => return record(&ctx, id, target, requested_at).await,
-            Outcome::AlreadyStored if first_send => {
+            // A 422 proves the payment stored only when an earlier attempt of ours at this
+            // processor has an unknown outcome; otherwise another copy of it was stored there,
+            // and that copy is recorded by whoever sent it.
+            Outcome::AlreadyStored if !unknown => {
                 ctx.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 ctx.member.discard(id);
                 return;
@@ -258,15 +262,33 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
     }
 }
 
+/// Renews the poller lease every half second and, while it is ours, polls each processor's
+/// health at most once per [`health::POLL_EVERY_MS`] (counted from the last call, answered or
+/// not). Each poll runs on its own task: a call the processor holds (its rate limit queues
+/// early callers for the next 5 s window) delays neither the other processor's poll nor the
+/// lease's renewal.
 async fn poller(ctx: Arc<Ctx>) {
+    let polling = [(); 2].map(|()| Arc::new(AtomicBool::new(false)));
     loop {
         let now = unix_ms();
         if ctx.region.health().try_lease(&ctx.member, now) {
             for p in Processor::ALL {
                 let h = ctx.board(p);
-                if now - h.polled_at_ms.load(Ordering::Relaxed) >= health::POLL_EVERY_MS {
-                    health::poll_once(&ctx.clients[p.index()], h, unix_ms()).await;
+                let last = h
+                    .polled_at_ms
+                    .load(Ordering::Relaxed)
+                    .max(h.poll_tried_ms.load(Ordering::Relaxed));
+                if now - last < health::POLL_EVERY_MS
+                    || polling[p.index()].swap(true, Ordering::AcqRel)
+                {
+                    continue;
                 }
+                h.poll_tried_ms.store(now, Ordering::Relaxed);
+                let (ctx, busy) = (Arc::clone(&ctx), Arc::clone(&polling[p.index()]));
+                tokio::spawn(async move {
+                    health::poll_once(&ctx.clients[p.index()], ctx.board(p), now).await;
+                    busy.store(false, Ordering::Release);
+                });
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -325,9 +347,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.tick_ms > 1000 {
         anyhow::bail!("--tick-ms (RINHA_CONSUMER_TICK_MS) must be at most 1000");
     }
-    if args.timeout_ms < 100 {
-        anyhow::bail!("--timeout-ms (RINHA_PROCESSOR_TIMEOUT_MS) must be at least 100");
+    if !(100..=600_000).contains(&args.timeout_ms) {
+        anyhow::bail!("--timeout-ms (RINHA_PROCESSOR_TIMEOUT_MS) must be from 100 to 600000");
     }
+    // Thousands of payments in flight, each on its own connection, need more than the usual
+    // 1024 descriptors.
+    crate::http::raise_fd_limit();
     let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
     let member = Arc::new(region.join(Role::Consumer)?);
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -345,7 +370,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let limit = args.max_in_flight.min(region.config().inflight_per_member);
+    let slots = region.config().inflight_per_member;
+    if args.max_in_flight > slots {
+        anyhow::bail!(
+            "--max-in-flight (RINHA_MAX_IN_FLIGHT) is {}, more than the shared file's {slots} in-flight slots per process",
+            args.max_in_flight
+        );
+    }
+    let limit = args.max_in_flight;
     let per = region.config().inflight_per_member;
     if args.tick_ms > 0 {
         return run_ticking(rt, ctx, limit, per, Duration::from_millis(args.tick_ms));

@@ -3,14 +3,18 @@
 //!
 //! Contract: the fields are advisory (routing hints), so plain atomics with Relaxed ordering
 //! suffice: a stale value costs a few milliseconds of routing, never a payment. The lease is
-//! held by one live member at a time: [`HealthBoard::try_lease`] renews it for its holder and
-//! hands it over when the holder is dead (its process-table lock is free).
+//! held by one member at a time: [`HealthBoard::try_lease`] renews it for its holder and
+//! hands it over when the holder is dead (its process-table lock is free) or has stopped
+//! renewing it.
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
 use crossbeam_utils::CachePadded;
 
 use super::sys::Shared;
 use super::{Member, Processor, Region};
+
+/// A lease not renewed for this long is taken over even if its holder's entry is locked.
+pub const LEASE_STALE_MS: i64 = 3_000;
 
 /// What is known of one processor.
 #[repr(C)]
@@ -34,6 +38,10 @@ pub struct ProcessorHealth {
     /// routing's slow limit (refreshed while such requests last; a time, not a counter, so
     /// that a consumer that dies cannot leave it set).
     pub slow_seen_ms: AtomicI64,
+    /// When the poller last called this processor's health endpoint, answered or not: the
+    /// next call waits [`crate::health::POLL_EVERY_MS`] from here, so a failed or refused
+    /// (429) poll is not retried sooner, whichever process holds the lease.
+    pub poll_tried_ms: AtomicI64,
 }
 
 /// The board's bytes in the file.
@@ -69,7 +77,11 @@ impl<'a> HealthBoard<'a> {
         &self.raw.processors[p.index()]
     }
 
-    /// True while `me` holds the poller lease (taking it if free or if its holder is dead).
+    /// True while `me` holds the poller lease, renewing it. It is taken when free, when its
+    /// holder is dead (its process-table lock is free), or when it was not renewed for
+    /// [`LEASE_STALE_MS`]: a holder entry whose lock is held by someone that does not poll (a
+    /// consumer that adopted the dead poller's entry, or a process that joined it later) must
+    /// not leave the engine without a poller. The holder calls this every half second.
     pub fn try_lease(&self, me: &Member, now_ms: i64) -> bool {
         let mine = me.index() + 1;
         let holder = self.raw.lease_holder.load(Ordering::Acquire);
@@ -77,7 +89,9 @@ impl<'a> HealthBoard<'a> {
             self.raw.lease_renewed_ms.store(now_ms, Ordering::Relaxed);
             return true;
         }
-        if holder != 0 && self.region.member_alive(holder - 1) {
+        let renewed = self.raw.lease_renewed_ms.load(Ordering::Relaxed);
+        let stale = now_ms.saturating_sub(renewed) >= LEASE_STALE_MS;
+        if holder != 0 && !stale && self.region.member_alive(holder - 1) {
             return false;
         }
         if self

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use health::{HealthBoard, ProcessorHealth};
+pub use health::{HealthBoard, ProcessorHealth, LEASE_STALE_MS};
 pub use member::{InFlightId, Member, Role};
 pub use ring::{Ring, RingFull};
 pub use stats_log::{LogFull, StatsLog, Summary, Totals};
