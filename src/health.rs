@@ -98,7 +98,7 @@ impl View {
     }
 
     fn poll_fresh(&self, now_ms: i64) -> bool {
-        self.polled_at_ms > 0 && now_ms - self.polled_at_ms <= POLL_FRESH_MS
+        self.polled_at_ms > 0 && now_ms.saturating_sub(self.polled_at_ms) <= POLL_FRESH_MS
     }
 
     /// Whether this processor may take a payment now.
@@ -107,17 +107,19 @@ impl View {
         if poll_fresh && (self.polled_failing || self.polled_delay_ms >= SLOW_MS) {
             return false;
         }
-        if self.consecutive_failures > 0 && now_ms - self.last_failure_ms < FAILURE_HOLD_MS {
+        if self.consecutive_failures > 0
+            && now_ms.saturating_sub(self.last_failure_ms) < FAILURE_HOLD_MS
+        {
             return false;
         }
-        if self.slow_seen_ms > 0 && now_ms - self.slow_seen_ms < SLOW_SEEN_HOLD_MS {
+        if self.slow_seen_ms > 0 && now_ms.saturating_sub(self.slow_seen_ms) < SLOW_SEEN_HOLD_MS {
             return false;
         }
         // A poll resets the average to the advertised delay, so the average counts when it
         // holds observations newer than the poll (a delay that changed since), and recent ones.
         let observed_at = self.last_success_ms.max(self.last_failure_ms);
-        let average_counts =
-            observed_at >= self.polled_at_ms && now_ms - observed_at <= AVERAGE_FRESH_MS;
+        let average_counts = observed_at >= self.polled_at_ms
+            && now_ms.saturating_sub(observed_at) <= AVERAGE_FRESH_MS;
         !(average_counts && self.latency_ms >= SLOW_MS)
     }
 

@@ -48,7 +48,7 @@ pub struct Args {
     /// Public address.
     #[arg(long, env = "RINHA_LB_LISTEN", default_value = "0.0.0.0:9999")]
     pub listen: SocketAddr,
-    /// Backends: Unix socket paths (handoff) or host:port (proxy), comma-separated.
+    /// Backends: Unix socket paths (handoff) or IP:port (proxy), comma-separated.
     #[arg(
         long = "backend",
         env = "RINHA_LB_BACKENDS",
@@ -176,6 +176,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.backends.is_empty() {
         anyhow::bail!("--backend (RINHA_LB_BACKENDS) needs at least one backend");
     }
+    if args.backends.iter().any(|b| b.trim().is_empty()) {
+        anyhow::bail!(
+            "--backend (RINHA_LB_BACKENDS) {:?} has an empty entry",
+            args.backends.join(",")
+        );
+    }
     match args.mode {
         Mode::Handoff => {
             let paths: Vec<PathBuf> = args.backends.iter().map(PathBuf::from).collect();
@@ -200,7 +206,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .iter()
                 .map(|b| {
                     b.parse::<SocketAddr>().with_context(|| {
-                        format!("--backend {b}: proxy mode needs host:port backends")
+                        format!("--backend (RINHA_LB_BACKENDS) {b:?}: proxy mode needs IP:port backends")
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;

@@ -109,11 +109,6 @@ pub fn push_cents(out: &mut String, cents: u64) {
     let _ = write!(out, "{}.{:02}", cents / 100, cents % 100);
 }
 
-/// `cents` as a `Decimal` (scale 2).
-pub fn to_decimal(cents: u64) -> Decimal {
-    Decimal::new(cents as i64, 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

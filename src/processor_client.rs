@@ -64,6 +64,12 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 impl Endpoint {
     /// Parses `http://host:port` (a trailing `/` allowed; https is refused).
     pub fn parse(url: &str) -> Result<Endpoint, String> {

@@ -47,23 +47,23 @@ pub struct Args {
     #[arg(long, env = "PROCESSOR_FALLBACK_URL")]
     pub fallback_url: Option<String>,
     /// Port of the built-in default simulator.
-    #[arg(long, default_value_t = 8001)]
+    #[arg(long, env = "RINHA_SIM_DEFAULT_PORT", default_value_t = 8001)]
     pub default_port: u16,
     /// Port of the built-in fallback simulator.
-    #[arg(long, default_value_t = 8002)]
+    #[arg(long, env = "RINHA_SIM_FALLBACK_PORT", default_value_t = 8002)]
     pub fallback_port: u16,
     /// Do not cap the engine with cgroups.
     #[arg(long, env = "RINHA_NO_LIMITS")]
     pub no_limits: bool,
-    /// CPU cap for the engine's processes together.
-    #[arg(long, default_value_t = 1.5)]
+    /// CPU cap for the engine's processes together (0.1 to 64).
+    #[arg(long, env = "RINHA_CPUS", default_value_t = 1.5)]
     pub cpus: f64,
-    /// Memory cap for the engine's processes together, MB.
-    #[arg(long, default_value_t = 350)]
+    /// Memory cap for the engine's processes together, MB (64 to 1048576).
+    #[arg(long, env = "RINHA_MEMORY_MB", default_value_t = 350)]
     pub memory_mb: u64,
-    /// Balancer mode (handoff or proxy).
-    #[arg(long, env = "RINHA_LB_MODE", default_value = "handoff")]
-    pub lb_mode: String,
+    /// Balancer mode.
+    #[arg(long, env = "RINHA_LB_MODE", value_enum, default_value = "handoff")]
+    pub lb_mode: crate::lb::Mode,
 }
 
 struct Role {
@@ -342,8 +342,27 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.consumers == 0 {
         bail!("--consumers (RINHA_CONSUMERS) must be at least 1");
     }
-    if args.cpus.is_nan() || args.cpus <= 0.0 {
-        bail!("--cpus must be positive");
+    let members = RegionConfig::default().max_members;
+    if args.apis.saturating_add(args.consumers) > members {
+        bail!(
+            "--apis (RINHA_APIS) plus --consumers (RINHA_CONSUMERS) is {}, more than the shared file's {members} process entries",
+            u64::from(args.apis) + u64::from(args.consumers)
+        );
+    }
+    if !(0.1..=64.0).contains(&args.cpus) {
+        bail!(
+            "--cpus (RINHA_CPUS) must be from 0.1 to 64, not {}",
+            args.cpus
+        );
+    }
+    if !(64..=1_048_576).contains(&args.memory_mb) {
+        bail!(
+            "--memory-mb (RINHA_MEMORY_MB) must be from 64 to 1048576, not {}",
+            args.memory_mb
+        );
+    }
+    if args.default_url.is_some() != args.fallback_url.is_some() {
+        bail!("give both PROCESSOR_DEFAULT_URL and PROCESSOR_FALLBACK_URL (--default-url, --fallback-url), or neither (built-in simulators)");
     }
     let stop = shutdown_flag();
     // Create (or attach and validate) the shared file now: a bad file is reported here.
@@ -389,10 +408,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (default_url, fallback_url) = match (&args.default_url, &args.fallback_url) {
         (Some(d), Some(f)) => (d.clone(), f.clone()),
         (None, None) => {
-            for (name, port, fee) in [("default", args.default_port, "0.07"), ("fallback", args.fallback_port, "0.10")] {
+            for (name, port, fee) in [
+                ("default", args.default_port, "0.07"),
+                ("fallback", args.fallback_port, "0.10"),
+            ] {
                 roles.push(role(
                     format!("processor-{name}"),
-                    vec!["processor".into(), "--port".into(), port.to_string(), "--fee".into(), fee.into(), "--name".into(), name.into()],
+                    vec![
+                        "processor".into(),
+                        "--port".into(),
+                        port.to_string(),
+                        "--fee".into(),
+                        fee.into(),
+                        "--name".into(),
+                        name.into(),
+                    ],
                     vec![],
                     false,
                 ));
@@ -402,7 +432,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 format!("http://127.0.0.1:{}", args.fallback_port),
             )
         }
-        _ => bail!("give both PROCESSOR_DEFAULT_URL and PROCESSOR_FALLBACK_URL, or neither (built-in simulators)"),
+        _ => unreachable!("checked above: both URLs or neither"),
     };
     let mut sockets = Vec::new();
     for i in 1..=args.apis {
@@ -441,7 +471,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--backend".into(),
             sockets.join(","),
             "--mode".into(),
-            args.lb_mode.clone(),
+            match args.lb_mode {
+                crate::lb::Mode::Handoff => "handoff".into(),
+                crate::lb::Mode::Proxy => "proxy".into(),
+            },
         ],
         vec![],
         true,

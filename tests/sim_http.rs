@@ -145,6 +145,8 @@ fn malformed_bodies_get_400() {
         r#"{"correlationId":"x","amount":1,"requestedAt":"2025-07-10T12:00:00.000Z"}"#,
         r#"{"correlationId":"00000000-0000-4000-8000-000000000001","amount":"a","requestedAt":"2025-07-10T12:00:00.000Z"}"#,
         r#"{"correlationId":"00000000-0000-4000-8000-000000000001","amount":1,"requestedAt":"yesterday"}"#,
+        // 28 digits: times 100 overflows Decimal.
+        r#"{"correlationId":"00000000-0000-4000-8000-000000000001","amount":7922816251426433759354395033,"requestedAt":"2025-07-10T12:00:00.000Z"}"#,
     ] {
         assert_eq!(
             request(port, "POST", "/payments", Some(body), &[])

@@ -185,6 +185,14 @@ async fn resolve_unknown(
 }
 
 async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
+    // The API validated the amount; a value out of range here was not written by us (a
+    // damaged or foreign file): never send it to a processor.
+    let cents = ctx.member.payment(id).cents;
+    if !(1..=crate::money::MAX_CENTS).contains(&cents) {
+        eprintln!("rinha consumer: dropped a queued payment with an impossible amount ({cents} cents): the shared file was not written by rinha");
+        ctx.member.discard(id);
+        return;
+    }
     let mut unknown = recovered && ctx.member.payment(id).attempted().is_some();
     // When the last attempt with an unknown outcome was sent (a dead consumer's: before now).
     let mut unknown_sent_ms = if unknown { unix_ms() } else { 0 };
@@ -278,7 +286,7 @@ async fn poller(ctx: Arc<Ctx>) {
                     .polled_at_ms
                     .load(Ordering::Relaxed)
                     .max(h.poll_tried_ms.load(Ordering::Relaxed));
-                if now - last < health::POLL_EVERY_MS
+                if now.saturating_sub(last) < health::POLL_EVERY_MS
                     || polling[p.index()].swap(true, Ordering::AcqRel)
                 {
                     continue;
@@ -319,18 +327,31 @@ async fn report(ctx: Arc<Ctx>) {
             c.recorded[0].load(Ordering::Relaxed),
             c.recorded[1].load(Ordering::Relaxed),
         ];
+        let queued = ctx.region.ring().len();
+        let in_flight = ctx
+            .region
+            .config()
+            .inflight_per_member
+            .saturating_sub(ctx.member.take_limit());
         if now != last {
             eprintln!(
-                "rinha consumer {}: recorded default {} fallback {}, retries {}, duplicates {}, recovered {}, queue {}",
+                "rinha consumer {}: recorded default {} fallback {}, retries {}, duplicates {}, recovered {}, queue {queued}, in flight {in_flight}",
                 ctx.member.index(),
                 now[0],
                 now[1],
                 c.retries.load(Ordering::Relaxed),
                 c.duplicates.load(Ordering::Relaxed),
                 c.recovered.load(Ordering::Relaxed),
-                ctx.region.ring().len()
             );
             last = now;
+        } else if queued + u64::from(in_flight) > 0 {
+            // Payments wait and none was recorded for 10 s: say why it may be.
+            eprintln!(
+                "rinha consumer {}: nothing recorded in 10 s with {queued} queued and {in_flight} in flight: are the processors ({} and {}) reachable and healthy?",
+                ctx.member.index(),
+                ctx.clients[0].endpoint(),
+                ctx.clients[1].endpoint(),
+            );
         }
     }
 }

@@ -54,34 +54,47 @@ impl Profile {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Which test.
-    #[arg(long, value_enum, default_value = "smoke")]
+    #[arg(
+        long,
+        env = "RINHA_CONTEST_PROFILE",
+        value_enum,
+        default_value = "smoke"
+    )]
     pub profile: Profile,
     /// A backend already running (e.g. the docker deployment); otherwise `rinha up` is started.
-    #[arg(long)]
+    #[arg(long, env = "RINHA_CONTEST_TARGET")]
     pub target: Option<String>,
     /// Port of the default processor.
-    #[arg(long, default_value_t = 8001)]
+    #[arg(long, env = "RINHA_CONTEST_DEFAULT_PORT", default_value_t = 8001)]
     pub default_port: u16,
     /// Port of the fallback processor.
-    #[arg(long, default_value_t = 8002)]
+    #[arg(long, env = "RINHA_CONTEST_FALLBACK_PORT", default_value_t = 8002)]
     pub fallback_port: u16,
     /// Use processors already listening on those ports (e.g. contest/processors.compose.yml).
-    #[arg(long)]
+    #[arg(long, env = "RINHA_CONTEST_EXTERNAL_PROCESSORS")]
     pub external_processors: bool,
     /// Listen address of the engine started here.
-    #[arg(long, default_value = "127.0.0.1:9999")]
+    #[arg(long, env = "RINHA_CONTEST_LISTEN", default_value = "127.0.0.1:9999")]
     pub listen: SocketAddr,
     /// Shared file of the engine started here.
-    #[arg(long, default_value = "/dev/shm/rinha-contest")]
+    #[arg(
+        long,
+        env = "RINHA_CONTEST_SHM",
+        default_value = "/dev/shm/rinha-contest"
+    )]
     pub shm: PathBuf,
     /// Run the engine started here without cgroup limits.
-    #[arg(long)]
+    #[arg(long, env = "RINHA_CONTEST_NO_LIMITS")]
     pub no_limits: bool,
     /// Directory for the JSON results.
-    #[arg(long, default_value = "results")]
+    #[arg(long, env = "RINHA_CONTEST_RESULTS", default_value = "results")]
     pub results: PathBuf,
     /// The k6 script.
-    #[arg(long, default_value = "contest/k6/rinha.js")]
+    #[arg(
+        long,
+        env = "RINHA_CONTEST_SCRIPT",
+        default_value = "contest/k6/rinha.js"
+    )]
     pub script: PathBuf,
 }
 

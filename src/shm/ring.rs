@@ -250,10 +250,16 @@ impl<'a> Ring<'a> {
                     self.ctl
                         .tail
                         .compare_exchange(t, t + 1, Ordering::AcqRel, Ordering::Relaxed);
-            } else if t.wrapping_sub(pos) >= self.capacity()
-                && self.ctl.tail.load(Ordering::Acquire) == t
-            {
-                // The slot still holds position t - capacity: full.
+            } else if t.wrapping_sub(pos) >= self.capacity() {
+                if self.ctl.tail.load(Ordering::Acquire) == t {
+                    // The slot still holds position t - capacity: full.
+                    return Err(RingFull);
+                }
+                // The tail moved meanwhile: look again.
+            } else {
+                // A position behind t by less than a lap cannot be in this slot (its positions
+                // are t modulo the capacity): the file was written by something else. Refuse
+                // rather than spin on it for good.
                 return Err(RingFull);
             }
         }

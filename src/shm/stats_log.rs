@@ -109,8 +109,8 @@ pub struct Totals {
 
 impl Totals {
     fn add(&mut self, other: Totals) {
-        self.count += other.count;
-        self.cents += other.cents;
+        self.count = self.count.saturating_add(other.count);
+        self.cents = self.cents.saturating_add(other.cents);
     }
 }
 
@@ -173,7 +173,8 @@ impl<'a> StatsLog<'a> {
         p: Processor,
         id: &[u8; 16],
     ) -> Result<(), LogFull> {
-        // Acquire on floor pairs with purge's Release; the reservation itself needs no order.
+        // The reservation needs no order of its own (AcqRel costs nothing more than Relaxed
+        // for a read-modify-write on x86); Acquire on floor pairs with purge's Release.
         let i = self.ctl.head.fetch_add(1, Ordering::AcqRel);
         let floor = self.ctl.floor.load(Ordering::Acquire);
         if i.saturating_sub(floor) >= self.cap() {
@@ -253,10 +254,10 @@ impl<'a> StatsLog<'a> {
         let (lo, hi) = self.live();
         let chunk = CHUNK as u64;
         let mut k = lo / chunk;
-        while k * chunk < hi {
-            let start = lo.max(k * chunk);
-            let end = hi.min((k + 1) * chunk);
-            let whole = start == k * chunk && end == (k + 1) * chunk;
+        while k.saturating_mul(chunk) < hi {
+            let start = lo.max(k.saturating_mul(chunk));
+            let end = hi.min((k + 1).saturating_mul(chunk));
+            let whole = start == k.saturating_mul(chunk) && end == (k + 1).saturating_mul(chunk);
             if whole {
                 if let Some((min, max, totals)) = self.sealed(k) {
                     if max < from || min > to {

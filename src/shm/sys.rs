@@ -1,5 +1,7 @@
 //! The operating-system edge of the shared file: the mapping, typed views into it, the
-//! futex and the OFD byte-range locks. Every `unsafe` of the shared-memory core is here.
+//! futex and the OFD byte-range locks. Every `unsafe` block of the shared-memory core is
+//! here; the other shm modules only declare, with `unsafe impl Shared` and a SAFETY line, that
+//! their structs in the file are made of atomics.
 //!
 //! Contract: [`Mapping::section`] hands out `&[T]` for `T: Shared` (types made only of
 //! atomics, valid for every bit pattern including all zeroes) at aligned offsets inside the
@@ -17,7 +19,8 @@ use memmap2::MmapRaw;
 /// # Safety
 /// Implementors must be made only of atomics (or arrays/structs of them), so that any bit
 /// pattern, all zeroes included, is a valid value, shared `&T` access from many threads and
-/// processes is sound, and their alignment is at most 64.
+/// processes is sound, and their alignment is at most 128 (`CachePadded` on x86_64; the layout
+/// places every section at a multiple of 128 and [`Mapping::section`] checks it).
 pub unsafe trait Shared: Sized {}
 
 /// A shared, writable mapping of the whole file.

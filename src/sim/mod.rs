@@ -248,9 +248,13 @@ impl Sim {
         let amount =
             amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
         use rust_decimal::prelude::ToPrimitive;
-        let cents = match (amount * Decimal::ONE_HUNDRED).trunc().to_u64() {
+        // checked_mul: a 28-digit amount overflows Decimal (it used to panic the handler).
+        let cents = match amount
+            .checked_mul(Decimal::ONE_HUNDRED)
+            .and_then(|c| c.trunc().to_u64())
+        {
             Some(c) if c > 0 => c,
-            _ => return json_error(rsp, 400, "amount must be positive"),
+            _ => return json_error(rsp, 400, "amount must be positive and below 2^64 cents"),
         };
         let Some(at_ms) = iso8601::parse_ms(&p.requested_at) else {
             return json_error(rsp, 400, "requestedAt must be an ISO-8601 instant");
