@@ -445,6 +445,42 @@ fn a_dead_consumers_payments_are_adopted_once() {
     assert_eq!(rest, vec![3, 4]);
 }
 
+/// Recovery skips an entry once it found its dead holder left nothing, and looks at it again
+/// as soon as someone joins it: a later holder's leftovers are still adopted.
+#[test]
+fn an_entry_found_empty_is_looked_at_again_after_a_new_holder_dies() {
+    let f = TempShm::new();
+    let survivor_region = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let me = survivor_region.join(Role::Consumer).unwrap();
+    let die_with = |n: Option<u64>| -> u32 {
+        let dead = Arc::new(Region::attach(&f.0).unwrap());
+        let m = dead.join(Role::Consumer).unwrap();
+        if let Some(n) = n {
+            dead.ring().push(&m, &pay(n)).unwrap();
+            let _ = dead.ring().take(&m, Some(Duration::ZERO)).unwrap();
+        }
+        m.index()
+    };
+    let first = die_with(None);
+    // Its lock may outlive the drop for a moment (see `eventually`); then it is found empty.
+    eventually("the empty entry's lock to go", || {
+        survivor_region
+            .join(Role::Other)
+            .ok()
+            .filter(|m| m.index() == first)
+            .map(drop)
+    });
+    assert!(me.recover_dead().is_empty());
+    let second = die_with(Some(9));
+    assert_eq!(second, first, "the entry found empty is joined again");
+    let got = eventually("the second holder's payment to be adopted", || {
+        let got = me.recover_dead();
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(got.len(), 1);
+    assert_eq!(number_of(&me.payment(got[0]).id), 9);
+}
+
 #[test]
 fn a_full_tmpfs_is_a_clear_error_at_creation() {
     let dir = std::env::temp_dir().join(format!("rinha-tiny-tmpfs-{}", std::process::id()));

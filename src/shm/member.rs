@@ -44,7 +44,8 @@ pub struct MemberEntry {
     pub role: AtomicU64,
     /// Process id of the last holder (in its own PID namespace: informational).
     pub pid: AtomicU64,
-    /// When the last holder joined, ms since the epoch.
+    /// When the last holder joined, ms since the epoch; 0 when the entry was never used, or
+    /// when a consumer found its dead holder left nothing (recovery skips such entries).
     pub joined_ms: AtomicU64,
     /// Unused.
     pub spare: [AtomicU64; 5],
@@ -128,9 +129,7 @@ impl Member {
                 let _ = sys::unlock_range(&lock_file, start, len);
                 continue; // leave it to a consumer to adopt
             }
-            let entry: &MemberEntry = region
-                .mapping()
-                .at(region.layout().members + index as usize * MEMBER_ENTRY_SIZE);
+            let entry = entry_of(&region, index);
             entry.role.store(role as u64, Ordering::Relaxed);
             entry
                 .pid
@@ -172,6 +171,10 @@ impl Member {
     /// The region this member belongs to.
     pub fn region(&self) -> &Arc<Region> {
         &self.region
+    }
+
+    fn entry(&self, index: u32) -> &MemberEntry {
+        entry_of(&self.region, index)
     }
 
     fn slot(&self, id: InFlightId) -> &InFlightSlot {
@@ -333,6 +336,13 @@ impl Member {
                 if index == self.index || adopted_now.contains(&index) {
                     continue;
                 }
+                let entry = self.entry(index);
+                if entry.joined_ms.load(Ordering::Relaxed) == 0 {
+                    // Never used, or looked at since its holder died and found empty: only a
+                    // join (which sets `joined_ms`) can give it leftovers again. Skipping it
+                    // saves scanning the whole ring for it every second.
+                    continue;
+                }
                 let (start, len) = self.region.member_lock_range(index);
                 if !matches!(sys::try_lock_range(&self.lock_file, start, len), Ok(true)) {
                     continue; // alive
@@ -340,6 +350,9 @@ impl Member {
                 let holds = self.region.ring().held_by(index);
                 let used = used_slots(&self.region, index);
                 if holds.is_empty() && used.is_empty() {
+                    // Its holder is dead and left nothing: mark it so (under its lock, so no
+                    // joiner is between our look and this store).
+                    entry.joined_ms.store(0, Ordering::Relaxed);
                     let _ = sys::unlock_range(&self.lock_file, start, len);
                     continue;
                 }
@@ -370,6 +383,12 @@ impl Member {
         });
         found
     }
+}
+
+fn entry_of(region: &Region, index: u32) -> &MemberEntry {
+    region
+        .mapping()
+        .at(region.layout().members + index as usize * MEMBER_ENTRY_SIZE)
 }
 
 fn used_slots(region: &Region, index: u32) -> Vec<u32> {
