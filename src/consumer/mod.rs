@@ -92,6 +92,25 @@ struct Ctx {
     counters: Counters,
     /// The processor client's timeout, ms: also our bound on a processor's delay.
     timeout_ms: i64,
+    /// Payments waiting because no processor may take one now ...
+    waiting: AtomicU64,
+    /// ... and how they learn that one may: [`gatekeeper`] looks at the routing every
+    /// [`GATE_EVERY`] while any wait, and wakes them all when a processor is usable. One look
+    /// for all of them, instead of thousands of tasks each looking every few milliseconds.
+    route_open: tokio::sync::Notify,
+}
+
+/// How often the gatekeeper looks at the routing while payments wait for a processor.
+const GATE_EVERY: Duration = Duration::from_millis(20);
+
+/// Wakes the payments that wait for a usable processor as soon as there is one.
+async fn gatekeeper(ctx: Arc<Ctx>) {
+    loop {
+        tokio::time::sleep(GATE_EVERY).await;
+        if ctx.waiting.load(Ordering::Relaxed) > 0 && ctx.route(unix_ms()).is_some() {
+            ctx.route_open.notify_waiters();
+        }
+    }
 }
 
 impl Ctx {
@@ -209,7 +228,16 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
             None => match ctx.route(now) {
                 Some(t) => t,
                 None => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Registered before the second look, so a wake-up in between is not lost;
+                    // the timeout only bounds the wait should the gatekeeper be gone.
+                    let opened = ctx.route_open.notified();
+                    tokio::pin!(opened);
+                    opened.as_mut().enable();
+                    if ctx.route(unix_ms()).is_none() {
+                        ctx.waiting.fetch_add(1, Ordering::Relaxed);
+                        let _ = tokio::time::timeout(Duration::from_secs(1), opened).await;
+                        ctx.waiting.fetch_sub(1, Ordering::Relaxed);
+                    }
                     continue;
                 }
             },
@@ -386,6 +414,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ],
         counters: Counters::default(),
         timeout_ms: i64::try_from(args.timeout_ms).unwrap_or(i64::MAX / 4),
+        waiting: AtomicU64::new(0),
+        route_open: tokio::sync::Notify::new(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,6 +457,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     announce(&ctx, limit, "parked on the ring");
     rt.block_on(async move {
         tokio::spawn(poller(Arc::clone(&ctx)));
+        tokio::spawn(gatekeeper(Arc::clone(&ctx)));
         tokio::spawn(recovery(Arc::clone(&ctx)));
         tokio::spawn(report(Arc::clone(&ctx)));
         while let Some(id) = rx.recv().await {
@@ -460,6 +491,7 @@ fn run_ticking(
     announce(&ctx, limit, &format!("looking at the ring every {tick:?}"));
     rt.block_on(async move {
         tokio::spawn(poller(Arc::clone(&ctx)));
+        tokio::spawn(gatekeeper(Arc::clone(&ctx)));
         tokio::spawn(recovery(Arc::clone(&ctx)));
         tokio::spawn(report(Arc::clone(&ctx)));
         let mut every = tokio::time::interval(tick);
