@@ -7,10 +7,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{iso, raw, request, uuid_n, Proc, TempShm};
-use rinha::shm::{Processor, Region, Role};
+use rinha::shm::{Payment, Processor, Region, RegionConfig, Role};
 
 struct Api {
     _proc: Proc,
@@ -20,11 +20,16 @@ struct Api {
 }
 
 fn start(tag: &str) -> Api {
+    start_with(tag, &[])
+}
+
+/// [`start`] with more arguments for `rinha api`.
+fn start_with(tag: &str, extra: &[&str]) -> Api {
     let shm = TempShm::new(tag);
-    let proc = Proc::start(
-        &["api", "--listen", "127.0.0.1:0", "--shm", &shm.path()],
-        &[],
-    );
+    let path = shm.path();
+    let mut args = vec!["api", "--listen", "127.0.0.1:0", "--shm", &path];
+    args.extend_from_slice(extra);
+    let proc = Proc::start(&args, &[]);
     let addr: SocketAddr = proc
         .ready
         .strip_prefix("ready api ")
@@ -91,11 +96,33 @@ fn bad_payments_get_400_and_enqueue_nothing() {
         "x".repeat(5000)
     );
     assert_eq!(post(api.addr, &big).status, 413);
-    // Unknown route, wrong method.
+    // Unknown route; wrong method: 405 saying which method the path takes (RFC 9110).
     assert_eq!(post_to(api.addr, "/nope").status, 404);
-    assert_eq!(get(api.addr, "/payments").status, 405);
-    assert_eq!(post_to(api.addr, "/payments-summary").status, 405);
-    assert_eq!(get(api.addr, "/purge-payments").status, 405);
+    for (req, allow) in [
+        (
+            "GET /payments HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "POST",
+        ),
+        (
+            "POST /payments-summary HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "GET",
+        ),
+        (
+            "GET /purge-payments HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "POST",
+        ),
+        (
+            "DELETE /payments HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "POST",
+        ),
+    ] {
+        let got = exchange(api.addr, req.as_bytes());
+        assert!(got.starts_with("HTTP/1.1 405 "), "{req:?} -> {got:?}");
+        assert!(
+            got.contains(&format!("\r\nAllow: {allow}\r\n")),
+            "{req:?} -> {got:?}"
+        );
+    }
     assert_eq!(api.region.ring().len(), 0, "a bad request reached the ring");
     // Still alive and still accepting the same id, which none of the above consumed.
     assert_eq!(
@@ -226,10 +253,16 @@ fn summary_is_exact_for_many_windows_with_inclusive_bounds() {
         assert_eq!(a.status, 400, "{q}: {a:?}");
         assert!(a.body.contains("\"error\""), "{q}: {}", a.body);
     }
-    // Purge empties the books.
+    // Purge empties the books; it takes no body, so no Content-Length is needed (what
+    // `curl -X POST` sends).
+    let a = exchange(
+        api.addr,
+        b"POST /purge-payments HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(a.starts_with("HTTP/1.1 200"), "{a}");
+    assert_eq!(common::our_summary(api.addr.port(), ""), ((0, 0), (0, 0)));
     let a = post_to(api.addr, "/purge-payments");
     assert_eq!(a.status, 200, "{a:?}");
-    assert_eq!(common::our_summary(api.addr.port(), ""), ((0, 0), (0, 0)));
 }
 
 /// Sends raw bytes and returns everything read until the server closes (or 5 s pass).
@@ -275,6 +308,12 @@ fn malformed_http_is_refused_and_never_crashes() {
             .into_bytes(),
             " 501 ",
         ),
+        // A POST without Content-Length (or Transfer-Encoding): 411, not a 400 about JSON.
+        (
+            format!("POST /payments HTTP/1.1\r\nHost: x\r\n\r\n{body}").into_bytes(),
+            " 411 ",
+        ),
+
         (
             format!(
                 "GET /payments-summary HTTP/1.1\r\nX-Big: {}\r\n\r\n",
@@ -298,7 +337,7 @@ fn malformed_http_is_refused_and_never_crashes() {
     for (req, want) in &cases {
         let got = exchange(api.addr, req);
         assert!(
-            got.starts_with("HTTP/1.1") && got.contains(want),
+            got.starts_with("HTTP/1.1") && got.contains(want) && got.contains(r#"{"error":"#),
             "{:?} -> {got:?}",
             String::from_utf8_lossy(&req[..req.len().min(80)])
         );
@@ -400,4 +439,269 @@ fn idle_and_slowloris_clients_neither_block_others_nor_stay_forever() {
     );
     drop(idle);
     assert_eq!(get(api.addr, "/payments-summary").status, 200);
+}
+
+/// A full ring: 503 with `Retry-After: 1`, and the id is not remembered, so that the client's
+/// retry is accepted once there is room.
+#[test]
+fn a_full_ring_answers_503_with_retry_after() {
+    let api = start("api-full");
+    let ring = api.region.ring();
+    let me = api.region.join(Role::Api).expect("join as a producer");
+    let filler = Payment {
+        cents: 1,
+        received_at_ms: rinha::shm::unix_ms(),
+        ..Payment::default()
+    };
+    let mut pushed = 0u64;
+    while ring.push_deferred(&me, &filler).is_ok() {
+        pushed += 1;
+    }
+    assert_eq!(pushed, ring.capacity());
+    let body = format!(r#"{{"correlationId":"{}","amount":1.00}}"#, uuid_n(42));
+    let req = format!(
+        "POST /payments HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let got = exchange(api.addr, req.as_bytes());
+    assert!(got.starts_with("HTTP/1.1 503 "), "{got:?}");
+    assert!(got.contains("\r\nRetry-After: 1\r\n"), "{got:?}");
+    assert!(got.contains(r#"{"error":"#), "{got:?}");
+    // Room for one: the same id is accepted now.
+    let consumer = api.region.join(Role::Consumer).expect("join as a consumer");
+    assert!(ring.take(&consumer, Some(Duration::ZERO)).is_some());
+    assert_eq!(post(api.addr, &body).status, 202);
+}
+
+/// At `--max-connections` with every connection inside a request (none idle to evict), a new
+/// client is told 503 with `Connection: close` before the close, instead of a bare close.
+#[test]
+fn a_full_connection_table_answers_503_before_closing() {
+    let api = start_with("api-conns", &["--max-connections", "2"]);
+    // Two connections inside a request: a head that is not finished yet (busy for 10 s).
+    let busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut c = TcpStream::connect(api.addr).expect("connect");
+            c.write_all(b"GET /payments-summary HTTP/1.1\r\n")
+                .expect("write");
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The third reads without sending: the answer comes from the server alone.
+    let mut c = TcpStream::connect(api.addr).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 503 "), "{got:?}");
+    assert!(got.contains("\r\nConnection: close\r\n"), "{got:?}");
+    let (_, json) = got.split_once("\r\n\r\n").expect("a head and a body");
+    let v: serde_json::Value = serde_json::from_str(json).expect("a JSON body");
+    assert!(v["error"].is_string(), "{json}");
+    // The busy ones were not disturbed, and once they go a new client is served.
+    for mut b in busy {
+        b.write_all(b"Connection: close\r\n\r\n").expect("write");
+        let mut rest = String::new();
+        let _ = b.read_to_string(&mut rest);
+        assert!(rest.starts_with("HTTP/1.1 200 "), "{rest:?}");
+    }
+    assert!(common::eventually(Duration::from_secs(5), || {
+        request(api.addr.port(), "GET", "/payments-summary", None, &[])
+            .is_some_and(|a| a.status == 200)
+    }));
+}
+
+/// Runs `rinha ARGS`, which must exit within 10 s; returns whether it succeeded and its stderr
+/// (a process still running after 10 s is killed and reported as such).
+fn run_to_exit(args: &[&str]) -> (bool, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args(args)
+        .env_remove("RINHA_API_MAX_CONNECTIONS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rinha");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, "still running after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    (status.success(), err)
+}
+
+/// `--max-connections 0` is refused before the shared file is opened (it is not created).
+#[test]
+fn zero_max_connections_is_refused_before_the_region_is_opened() {
+    let shm = TempShm::new("api-maxconn");
+    let path = shm.path();
+    let (ok, err) = run_to_exit(&[
+        "api",
+        "--listen",
+        "127.0.0.1:0",
+        "--shm",
+        &path,
+        "--max-connections",
+        "0",
+    ]);
+    assert!(!ok, "started: {err}");
+    assert!(err.contains("--max-connections"), "{err}");
+    assert!(!shm.0.exists(), "the shared file was created: {err}");
+}
+
+/// Hands the socket `fd` to the API listening on the Unix socket `path`, as the balancer does.
+fn hand_over(path: &Path, fd: std::os::fd::RawFd) {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let u = std::os::unix::net::UnixStream::connect(path).expect("connect to the api's socket");
+    sendmsg::<()>(
+        u.as_raw_fd(),
+        &[std::io::IoSlice::new(b"x")],
+        &[ControlMessage::ScmRights(&[fd])],
+        MsgFlags::empty(),
+        None,
+    )
+    .expect("sendmsg");
+}
+
+/// `--socket PATH` removes only a stale socket: a regular file there (a typo naming the shared
+/// file, say) is kept and the start fails; a second API given a live API's path fails and the
+/// first keeps its socket (before, both were unlinked and replaced).
+#[test]
+fn socket_path_is_replaced_only_when_it_is_a_stale_socket() {
+    use std::os::fd::AsRawFd;
+    let shm = TempShm::new("api-sock");
+    let path = shm.path();
+    let sock = format!("{path}.api-1.sock");
+    // Not a socket: refused, naming the flag and the path, and the file is untouched.
+    std::fs::write(&sock, b"precious").expect("write a regular file");
+    let (ok, err) = run_to_exit(&["api", "--socket", &sock, "--shm", &path]);
+    assert!(!ok, "started over a regular file: {err}");
+    assert!(err.contains("--socket") && err.contains(&sock), "{err}");
+    assert_eq!(std::fs::read(&sock).expect("still there"), b"precious");
+    std::fs::remove_file(&sock).expect("remove");
+    // A stale socket (its listener is gone): replaced, the API starts.
+    drop(std::os::unix::net::UnixListener::bind(&sock).expect("bind"));
+    assert!(Path::new(&sock).exists());
+    let first = Proc::start(&["api", "--socket", &sock, "--shm", &path], &[]);
+    // A live one: a second API on the same path fails, naming the flag.
+    let (ok, err) = run_to_exit(&["api", "--socket", &sock, "--shm", &path]);
+    assert!(!ok, "a second API took a live socket: {err}");
+    assert!(err.contains("--socket"), "{err}");
+    // The first still receives clients through its socket.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+    let (server_side, _) = l.accept().expect("accept");
+    hand_over(Path::new(&sock), server_side.as_raw_fd());
+    drop(server_side);
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    client
+        .write_all(b"GET /payments-summary HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut got = String::new();
+    let _ = client.read_to_string(&mut got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    drop(first);
+}
+
+/// Counts the allocations of the threads that asked (the other tests' threads are not counted).
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+fn count_allocation() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get().map(|n| n + 1)));
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; counting touches only a
+// const-initialised thread-local without a destructor, which never allocates.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_allocation();
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, p: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        count_allocation();
+        std::alloc::System.realloc(p, layout, size)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(p, layout)
+    }
+}
+
+#[global_allocator]
+static COUNTING: Counting = Counting;
+
+/// The API's handler, called in-process on a file of its own, allocates nothing for
+/// `POST /payments` and `GET /payments-summary` (percent-encoded bounds included) once its
+/// response buffer has grown: the summary decoded each bound into a `String` before.
+#[test]
+fn post_and_summary_allocate_nothing_once_warm() {
+    use rinha::http::{Handler, Request, Response};
+    let shm = TempShm::new("api-alloc");
+    let region = Arc::new(
+        Region::open(Path::new(&shm.path()), &RegionConfig::default()).expect("open the file"),
+    );
+    let member = Arc::new(region.join(Role::Api).expect("join"));
+    let mut api = rinha::api::Api::new(Arc::clone(&region), member);
+    let mut rsp = Response::new();
+    let bodies: Vec<String> = (0..4)
+        .map(|n| {
+            format!(
+                r#"{{"correlationId":"{}","amount":19.90}}"#,
+                uuid_n(100 + n)
+            )
+        })
+        .collect();
+    let query = "from=2025-07-10T12%3A34%3A56.000Z&to=2025-07-10T12%3A35%3A00.000Z";
+    // One request as the connection loop runs it (it clears the body first); its status.
+    let mut call = |method: &str, path: &str, query: &str, body: &[u8]| {
+        rsp.json("");
+        let req = Request {
+            method,
+            path,
+            query,
+            headers: &[],
+            body,
+        };
+        api.handle(&req, &mut rsp);
+        api.after_write();
+        rsp.code()
+    };
+    // Warm up: the response buffer grows to fit a summary.
+    assert_eq!(call("POST", "/payments", "", bodies[0].as_bytes()), 202);
+    assert_eq!(call("GET", "/payments-summary", query, b""), 200);
+    let mut codes = Vec::with_capacity(8);
+    ALLOCATIONS.with(|c| c.set(Some(0)));
+    for body in &bodies[1..] {
+        codes.push(call("POST", "/payments", "", body.as_bytes()));
+        codes.push(call("GET", "/payments-summary", query, b""));
+    }
+    let allocations = ALLOCATIONS.with(|c| c.replace(None));
+    assert_eq!(codes, [202, 200, 202, 200, 202, 200]);
+    assert_eq!(allocations, Some(0), "allocations while warm");
+    assert_eq!(region.ring().len(), 4);
 }

@@ -6,16 +6,21 @@
 //!   empty body; the consumer is woken after the 202 is written (the payment is in the ring
 //!   before the answer leaves; only the wake-up follows it). A correlationId accepted
 //!   before (by any API process, since the last purge) gets 200 `{"duplicate":true,...}`
-//!   and nothing is queued. A full ring: 503, and the id is forgotten again so that the
-//!   client may retry. Bad input: 400 with `{"error": ...}`, nothing queued.
+//!   and nothing is queued. A full ring: 503 with `Retry-After: 1`, and the id is forgotten
+//!   again so that the client may retry. Bad input: 400 with `{"error": ...}`, nothing
+//!   queued.
 //! - `GET /payments-summary[?from=..&to=..]`: per-processor count and exact amount of what the
 //!   processors accepted, inclusive bounds on the requestedAt we sent them (one bound alone
 //!   counts everything, as the processors' own summary does); 400 on a malformed date.
 //! - `POST /purge-payments`: empties queue, stats and id set (see `shm-layout.md`), 200.
-//! - Anything else: 404 (unknown path) or 405 (known path, wrong method).
+//! - Anything else: 404 (unknown path) or 405 with `Allow` (known path, wrong method). A
+//!   `POST /payments` without `Content-Length`: 411 and close ([`Limits::length_required`]).
+//! - `POST /payments` and `GET /payments-summary` allocate nothing once the connection's
+//!   buffers have grown; `POST /payments` takes no lock and logs nothing.
 //!
 //! Sockets arrive from the balancer over a Unix socket (`--socket`, SCM_RIGHTS) or from a
-//! plain TCP listener (`--listen`).
+//! plain TCP listener (`--listen`). A socket file left at `--socket` by a dead API is
+//! replaced; a live one, or anything that is not a socket, stops the start-up.
 pub mod payment;
 
 use std::io::Write as _;
@@ -100,16 +105,18 @@ impl Api {
             Err(_) => {
                 ids.remove(&p.id);
                 rsp.status(503)
+                    .header("Retry-After: 1")
                     .json(r#"{"error":"payment queue is full, retry later"}"#);
             }
         }
     }
 
     fn summary(&self, req: &Request<'_>, rsp: &mut Response) {
-        let bound = |name: &str| match http::query_param(req.query, name) {
-            None => Ok(None),
-            Some(v) if v.is_empty() => Ok(None),
-            Some(v) => crate::iso8601::parse_ms(&v).map(Some).ok_or(()),
+        // Decoded on the stack: a valid instant is at most 35 bytes, so a longer one is bad.
+        let bound = |name: &str| match http::query_param_in(req.query, name, &mut [0u8; 64]) {
+            None | Some(Some("")) => Ok(None),
+            Some(Some(v)) => crate::iso8601::parse_ms(v).map(Some).ok_or(()),
+            Some(None) => Err(()),
         };
         let (Ok(from), Ok(to)) = (bound("from"), bound("to")) else {
             rsp.status(400).json(
@@ -152,8 +159,11 @@ impl Handler for Api {
                 self.region.purge();
                 rsp.status(200).json(r#"{"message":"purged"}"#);
             }
-            ("/payments" | "/payments-summary" | "/purge-payments", _) => {
-                rsp.status(405).json(NOT_ALLOWED);
+            ("/payments" | "/purge-payments", _) => {
+                rsp.status(405).header("Allow: POST").json(NOT_ALLOWED);
+            }
+            ("/payments-summary", _) => {
+                rsp.status(405).header("Allow: GET").json(NOT_ALLOWED);
             }
             _ => {
                 rsp.status(404).json(NOT_FOUND);
@@ -207,6 +217,41 @@ fn receive_sockets(conn: UnixStream, api: Api, limits: Limits) {
     }
 }
 
+/// Makes `path` free for binding: nothing there is fine; a Unix socket nobody listens on (left
+/// by a dead API) is removed. A socket something answers on (another API given the same path)
+/// or anything that is not a socket (a typo could name the shared file) is an error.
+fn clear_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileTypeExt;
+    let says = |what: &str| format!("--socket (RINHA_API_SOCKET) {}: {what}", path.display());
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| says("cannot inspect it")),
+    };
+    if !meta.file_type().is_socket() {
+        anyhow::bail!(says("exists and is not a Unix socket; not removing it"));
+    }
+    // Non-blocking, so that a live listener with a full backlog (EAGAIN) cannot hold us here.
+    let probe = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .with_context(|| says("cannot create a socket to probe it"))?;
+    let addr = UnixAddr::new(path).with_context(|| says("not a valid socket path"))?;
+    match connect(probe.as_raw_fd(), &addr) {
+        Ok(()) | Err(nix::errno::Errno::EAGAIN) => anyhow::bail!(says(
+            "a live process listens on it (another API given the same path?)"
+        )),
+        Err(_) => {
+            std::fs::remove_file(path).with_context(|| says("cannot remove the stale socket"))
+        }
+    }
+}
+
 /// Runs the API until the process is killed.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if args.socket.is_none() && args.listen.is_none() {
@@ -215,15 +260,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.workers == 0 {
         anyhow::bail!("--workers (RINHA_API_WORKERS) must be at least 1");
     }
+    if args.max_connections == 0 {
+        anyhow::bail!("--max-connections (RINHA_API_MAX_CONNECTIONS) must be at least 1");
+    }
+    if let Some(path) = &args.socket {
+        clear_stale_socket(path)?;
+    }
     http::init_runtime(args.workers);
     let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
     let member = Arc::new(region.join(Role::Api)?);
     let api = Api::new(Arc::clone(&region), member);
-    if args.max_connections == 0 {
-        anyhow::bail!("--max-connections (RINHA_API_MAX_CONNECTIONS) must be at least 1");
-    }
     let limits = Limits {
         max_connections: args.max_connections,
+        // Not /purge-payments: `curl -X POST` sends no Content-Length, and an empty body is
+        // all that route takes.
+        length_required: &["/payments"],
         ..Limits::default()
     };
     let mut ready = Vec::new();
@@ -235,11 +286,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ready.push(local.to_string());
     }
     if let Some(path) = &args.socket {
-        if path.exists() {
-            // A socket file left by a previous run: remove it so that we can bind. (A live
-            // API on the same path would be a configuration error; binding tells it.)
-            let _ = std::fs::remove_file(path);
-        }
         let listener = UnixListener::bind(path)
             .with_context(|| format!("--socket {}: cannot bind", path.display()))?;
         let api = api.clone();

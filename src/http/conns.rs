@@ -3,7 +3,8 @@
 //!
 //! Contract:
 //! - [`Conns::admit`] (the acceptor, or whoever received a handed-over socket) returns a
-//!   [`Ticket`] for the new connection, or `None` when it must be closed at once: at
+//!   [`Ticket`] for the new connection, or `None` when it must be refused (the server
+//!   answers 503 without waiting and closes it): at
 //!   [`Conns::max`] open connections it first evicts the longest-idle one, and it refuses only
 //!   when none is idle (every connection is inside a request) or too many evictions are still
 //!   finishing. So a flood of idle clients costs at most `max` coroutines, and a new client is
@@ -85,7 +86,7 @@ impl Conns {
         IDLE + self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Admits the connection on `fd`; see the module doc. `None`: close it at once.
+    /// Admits the connection on `fd`; see the module doc. `None`: refuse it at once.
     pub fn admit(&self, fd: RawFd) -> Option<Ticket<'_>> {
         let open = self.open.fetch_add(1, Ordering::AcqRel);
         if open >= self.max && (open >= self.max + EVICTING_SLACK || !self.evict_longest_idle()) {

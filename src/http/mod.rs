@@ -11,6 +11,9 @@
 //!   `Transfer-Encoding` request body gets 501 and the connection is closed; a malformed or
 //!   duplicated `Content-Length` gets 400 and close; a malformed request line or header 400
 //!   and close; a head over [`Limits::max_head`] bytes or with too many headers 431 and close.
+//!   A `POST` with neither `Content-Length` nor `Transfer-Encoding` to a path listed in
+//!   [`Limits::length_required`] (the API lists `/payments`) gets 411 and close; any other
+//!   request without them has an empty body (RFC 9112).
 //! - HTTP/1.0 closes after the answer unless it asked for keep-alive; `Connection: close` is
 //!   honoured. A request (head and body) must arrive within [`Limits::head_timeout`] of its
 //!   first byte, an answer must be taken by the client within the same time (a client that
@@ -18,9 +21,13 @@
 //!   [`Limits::idle_timeout`]. At most
 //!   [`Limits::max_connections`] are open in a process: at the bound a new connection closes
 //!   the longest-idle one ([`conns`]), so idle clients (about 12 KiB each, mostly coroutine
-//!   stack pages) are bounded in number and time and never lock a new client out.
+//!   stack pages) are bounded in number and time and never lock a new client out. When none
+//!   is idle, the new connection gets a 503 (`Connection: close`, `Retry-After: 1`) if its
+//!   socket takes it at once, and is closed.
 //! - A panic inside a handler ends that connection only.
-//! - No allocation per request once a connection's buffers have grown to fit its requests.
+//! - The loop allocates nothing per request once a connection's buffers have grown to fit its
+//!   requests; what a handler allocates is its own (the API's routes allocate nothing, the
+//!   simulator's do).
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
@@ -42,9 +49,12 @@ pub struct Limits {
     /// Time a connection may stay idle between requests.
     pub idle_timeout: Duration,
     /// Connections open at once in this process; at the bound a new one evicts the
-    /// longest-idle one, or is closed at once when none is idle (see [`conns`]). The first
-    /// value a process serves with sizes its table.
+    /// longest-idle one, or gets a 503 and is closed when none is idle (see [`conns`]). The
+    /// first value a process serves with sizes its table.
     pub max_connections: usize,
+    /// Paths where a `POST` without `Content-Length` (and without `Transfer-Encoding`) gets
+    /// 411 and close; elsewhere such a request has an empty body.
+    pub length_required: &'static [&'static str],
 }
 
 impl Default for Limits {
@@ -55,6 +65,7 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 2048,
+            length_required: &[],
         }
     }
 }
@@ -300,6 +311,7 @@ pub fn serve_fd<H: Handler>(fd: OwnedFd, handler: H, limits: Limits) {
 /// Serves one accepted stream on its own coroutine.
 pub fn serve_stream<H: Handler>(stream: TcpStream, handler: H, limits: Limits) {
     let Some(mut ticket) = connections(limits.max_connections).admit(stream.as_raw_fd()) else {
+        refuse(stream.as_raw_fd());
         return; // dropping the stream closes it
     };
     let _ = spawn(move || {
@@ -318,6 +330,40 @@ pub fn serve_stream<H: Handler>(stream: TcpStream, handler: H, limits: Limits) {
         drop(ticket);
         drop(stream);
     });
+}
+
+/// The answer to a connection refused by a full table, built once.
+fn refusal() -> &'static [u8] {
+    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
+    BYTES.get_or_init(|| {
+        let mut rsp = Response::new();
+        rsp.status(503)
+            .header("Retry-After: 1")
+            .json(r#"{"error":"too many connections, retry later"}"#);
+        let mut out = Vec::new();
+        rsp.write_to(&mut out, true, false);
+        out
+    })
+}
+
+/// Tells a connection refused by a full table why, without ever waiting on it: one
+/// non-blocking send (a new socket's buffer takes it), then a non-blocking read of what the
+/// client already sent, so that the close is less likely to become a reset that discards the
+/// answer at the client.
+fn refuse(fd: std::os::fd::RawFd) {
+    use nix::sys::socket::{recv, send, shutdown, MsgFlags, Shutdown};
+    let _ = send(
+        fd,
+        refusal(),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+    );
+    let _ = shutdown(fd, Shutdown::Write);
+    let mut sink = [0u8; 1024];
+    for _ in 0..4 {
+        if !matches!(recv(fd, &mut sink, MsgFlags::MSG_DONTWAIT), Ok(n) if n > 0) {
+            break;
+        }
+    }
 }
 
 enum Parsed {
@@ -386,6 +432,15 @@ fn parse_and_handle<H: Handler>(
             }
         }
     }
+    let method = req.method.unwrap_or("");
+    if length.is_none()
+        && method == "POST"
+        && limits
+            .length_required
+            .contains(&req.path.unwrap_or("").split('?').next().unwrap_or(""))
+    {
+        return Parsed::Reject(411, r#"{"error":"Content-Length required"}"#);
+    }
     let length = length.unwrap_or(0);
     if length > limits.max_body {
         return Parsed::Reject(413, r#"{"error":"request body too large"}"#);
@@ -396,7 +451,7 @@ fn parse_and_handle<H: Handler>(
     let full = req.path.unwrap_or("/");
     let (path, query) = full.split_once('?').unwrap_or((full, ""));
     let request = Request {
-        method: req.method.unwrap_or(""),
+        method,
         path,
         query,
         headers: req.headers,
@@ -524,45 +579,70 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// The value of parameter `name` in a raw query string, percent-decoded (`None` if absent).
+/// Allocates; [`query_param_in`] does not.
 pub fn query_param(query: &str, name: &str) -> Option<String> {
+    let raw = raw_param(query, name)?;
+    let bytes: Vec<u8> = PercentDecoded::new(raw).collect();
+    Some(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The value of parameter `name` in a raw query string, percent-decoded into `buf`: `None` if
+/// absent, `Some(None)` if the decoded value is longer than `buf` or not UTF-8.
+pub fn query_param_in<'b>(query: &str, name: &str, buf: &'b mut [u8]) -> Option<Option<&'b str>> {
+    let raw = raw_param(query, name)?;
+    let mut n = 0;
+    for b in PercentDecoded::new(raw) {
+        let Some(slot) = buf.get_mut(n) else {
+            return Some(None);
+        };
+        *slot = b;
+        n += 1;
+    }
+    Some(std::str::from_utf8(&buf[..n]).ok())
+}
+
+/// The raw (still encoded) value of the first parameter `name`.
+fn raw_param<'q>(query: &'q str, name: &str) -> Option<&'q str> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_decode(v))
+        (k == name).then_some(v)
     })
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
+/// The bytes of a query value: `%XX` (two hex digits) is that byte, `+` a space; any other
+/// `%` stays as it is.
+struct PercentDecoded<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl<'a> PercentDecoded<'a> {
+    fn new(s: &'a str) -> Self {
+        PercentDecoded {
+            b: s.as_bytes(),
+            i: 0,
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Iterator for PercentDecoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let b = self.b;
+        let c = *b.get(self.i)?;
+        let hex = |at: usize| b.get(at).and_then(|&c| (c as char).to_digit(16));
+        let out = match (c, hex(self.i + 1), hex(self.i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                self.i += 2;
+                (hi * 16 + lo) as u8
+            }
+            (b'+', _, _) => b' ',
+            (c, _, _) => c,
+        };
+        self.i += 1;
+        Some(out)
+    }
 }
 
 pub mod conns;
@@ -587,6 +667,20 @@ mod tests {
         assert_eq!(query_param(q, "flag").as_deref(), Some(""));
         assert_eq!(query_param(q, "missing"), None);
         assert_eq!(query_param("a=%zz%4", "a").as_deref(), Some("%zz%4"));
+        // Both characters after `%` must be hex digits (from_str_radix took "+5" as 5).
+        assert_eq!(query_param("a=%+5&b=%-5", "a").as_deref(), Some("% 5"));
+        assert_eq!(query_param("a=%+5&b=%-5", "b").as_deref(), Some("%-5"));
+        assert_eq!(query_param("a=%41%4a%4F", "a").as_deref(), Some("AJO"));
+        // The same decoding into a caller's buffer, without allocating.
+        let mut buf = [0u8; 24];
+        assert_eq!(
+            query_param_in(q, "from", &mut buf),
+            Some(Some("2025-07-10T12:34:56.000Z"))
+        );
+        assert_eq!(query_param_in("a=%+5", "a", &mut buf), Some(Some("% 5")));
+        assert_eq!(query_param_in(q, "missing", &mut buf), None);
+        assert_eq!(query_param_in("a=%ff", "a", &mut buf), Some(None));
+        assert_eq!(query_param_in(q, "from", &mut [0u8; 23]), Some(None));
     }
 
     /// Logs what the loop calls, in order.
@@ -863,6 +957,35 @@ mod parser_tests {
         assert!(matches!(
             parse(b"\x00\x01 nonsense\r\n\r\n"),
             Parsed::Reject(400, _)
+        ));
+        // A POST without a length: 411 where one is required (the API), else an empty body.
+        let strict = Limits {
+            length_required: &["/"],
+            ..Limits::default()
+        };
+        let post = b"POST / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(matches!(
+            parse_and_handle(post, &mut Echo, &mut Response::new(), &strict),
+            Parsed::Reject(411, _)
+        ));
+        assert!(matches!(parse(post), Parsed::Done { .. }));
+        assert!(matches!(
+            parse_and_handle(
+                b"GET / HTTP/1.1\r\n\r\n",
+                &mut Echo,
+                &mut Response::new(),
+                &strict
+            ),
+            Parsed::Done { .. }
+        ));
+        assert!(matches!(
+            parse_and_handle(
+                b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                &mut Echo,
+                &mut Response::new(),
+                &strict
+            ),
+            Parsed::Done { .. }
         ));
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.extend(std::iter::repeat_n(b'a', 9000));
