@@ -163,7 +163,14 @@ impl Engine {
         for r in roles.iter_mut() {
             let exited = match r.child.as_mut().map(|c| c.try_wait()) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
-                Some(Err(e)) => Some(e.to_string()),
+                Some(Err(e)) => {
+                    // We cannot tell: make sure it is gone before starting another copy.
+                    if let Some(c) = r.child.as_mut() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                    Some(e.to_string())
+                }
                 _ => None,
             };
             if let Some(status) = exited {
@@ -258,6 +265,22 @@ fn start(role: &mut Role, cgroups: Option<&Cgroups>) -> anyhow::Result<mpsc::Rec
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .process_group(0);
+    // Each role has its own process group (a Ctrl-C at the terminal reaches only us, and we
+    // stop the roles in order), so if `rinha up` itself is killed the kernel must tell them:
+    // they get SIGTERM when the thread that started them (this one: the main thread) exits.
+    let parent = nix::unistd::getpid();
+    // SAFETY: the closure runs in the child between fork and exec. It only makes the prctl
+    // and getppid system calls (both async-signal-safe), allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            if nix::unistd::getppid() != parent {
+                // We died before the prctl took effect: do not start an orphan.
+                return Err(std::io::Error::other("rinha up exited"));
+            }
+            Ok(())
+        });
+    }
     let mut child = cmd
         .spawn()
         .with_context(|| format!("start {}", role.name))?;
@@ -493,7 +516,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         // At start-up the roles come up in order (simulators, APIs, consumers, then the
         // balancer in front of them), and any that fails stops `rinha up` with its reason.
         let rx = start(&mut roles[i], cgroups.as_ref())?;
-        let addr = ready_line(&roles[i], rx.recv_timeout(*ready_within), *ready_within)?;
+        // Waited for in steps, so that Ctrl-C during start-up stops at once.
+        let deadline = Instant::now() + *ready_within;
+        let first = loop {
+            if stop.load(Ordering::SeqCst) {
+                println!("rinha up: stopping");
+                drop(engine);
+                for s in &sockets {
+                    let _ = std::fs::remove_file(s);
+                }
+                return Ok(());
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                other => break other,
+            }
+        };
+        let addr = ready_line(&roles[i], first, *ready_within)?;
         println!("started {:<18} {addr}", roles[i].name);
     }
     println!("processors: default {default_url}, fallback {fallback_url}; shared file {shm}");

@@ -273,3 +273,32 @@ fn queued_payments_resume_after_the_engine_restarts_on_the_same_file() {
     e.up = Engine::up(&e.shm, e.port, e.default.1, e.fallback.1);
     settle(&e, 300);
 }
+
+/// If `rinha up` itself is killed (SIGKILL: no chance to stop anything), the roles it started
+/// are stopped by the kernel (parent-death signal) instead of running on orphaned, holding the
+/// balancer's port.
+#[test]
+fn the_roles_stop_when_rinha_up_is_killed() {
+    let mut e = Engine::start("e2e-orphans");
+    let roles: Vec<u32> = ["lb", "api", "consumer"]
+        .iter()
+        .flat_map(|r| e.role_pids(r))
+        .collect();
+    assert_eq!(roles.len(), 4, "lb, two APIs and a consumer: {roles:?}");
+    let _ = e.up.child.kill();
+    let _ = e.up.child.wait();
+    let gone = eventually(Duration::from_secs(10), || {
+        roles
+            .iter()
+            .all(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+    assert!(
+        gone,
+        "orphaned roles still running: {:?}",
+        e.role_pids("api")
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", e.port)).is_err(),
+        "the balancer's port is still open"
+    );
+}
