@@ -481,6 +481,43 @@ fn an_entry_found_empty_is_looked_at_again_after_a_new_holder_dies() {
     assert_eq!(number_of(&me.payment(got[0]).id), 9);
 }
 
+/// An adopted entry is let go once its last payment is finished: consumers that crash and
+/// restart do not use up the process table (each adoption used to hold its entry for good).
+#[test]
+fn an_adopted_entry_is_let_go_when_its_payments_are_finished() {
+    let f = TempShm::new();
+    let survivor_region = Arc::new(Region::open(&f.0, &small()).unwrap());
+    let me = survivor_region.join(Role::Consumer).unwrap();
+    let dead_index = {
+        let dead = Arc::new(Region::attach(&f.0).unwrap());
+        let m = dead.join(Role::Consumer).unwrap();
+        for n in 0..2 {
+            dead.ring().push(&m, &pay(n)).unwrap();
+            let _ = dead.ring().take(&m, Some(Duration::ZERO)).unwrap();
+        }
+        m.index()
+    };
+    let got = eventually("the dead member's payments to be adopted", || {
+        let got = me.recover_dead();
+        (!got.is_empty()).then_some(got)
+    });
+    assert_eq!(got.len(), 2);
+    // Held while a payment of it is unfinished.
+    me.complete(got[0], Processor::Default, 1).unwrap();
+    let other = survivor_region.join(Role::Api).unwrap();
+    assert_ne!(other.index(), dead_index, "let go too early");
+    drop(other);
+    me.discard(got[1]);
+    let again = eventually("the adopted entry to be let go", || {
+        survivor_region
+            .join(Role::Api)
+            .ok()
+            .filter(|m| m.index() == dead_index)
+    });
+    drop(again);
+    assert!(me.recover_dead().is_empty(), "nothing is left to adopt");
+}
+
 #[test]
 fn a_full_tmpfs_is_a_clear_error_at_creation() {
     let dir = std::env::temp_dir().join(format!("rinha-tiny-tmpfs-{}", std::process::id()));

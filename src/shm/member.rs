@@ -14,6 +14,7 @@
 //!   in-flight slot + log record: the record wins, see [`Member::recover_dead`]).
 //! - Only consumers adopt the leftovers of a dead entry; an API process that meets an entry
 //!   with leftovers passes it over.
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -89,8 +90,10 @@ pub struct Member {
     index: u32,
     role: Role,
     free: ArrayQueue<u32>,
-    /// Dead entries whose locks we took to finish their payments (never released before exit).
-    adopted: Mutex<Vec<u32>>,
+    /// Dead entries whose locks we took to finish their payments, each with how many of its
+    /// in-flight slots we still have to finish. When that reaches 0 the entry is let go
+    /// (unlocked), so that crashes and restarts do not use up the process table.
+    adopted: Mutex<HashMap<u32, u32>>,
     /// Leftovers of our own entry's previous holder, handed out by the first `recover_dead`.
     pending: Mutex<Vec<InFlightId>>,
     /// Our own open file description of the region file: it holds the OFD locks on our entry
@@ -142,7 +145,7 @@ impl Member {
                 index,
                 role,
                 free: ArrayQueue::new(per as usize),
-                adopted: Mutex::new(Vec::new()),
+                adopted: Mutex::new(HashMap::new()),
                 pending: Mutex::new(Vec::new()),
                 lock_file,
             };
@@ -200,6 +203,8 @@ impl Member {
         self.slot(id).state.store(FREE, Ordering::Release);
         if id.entry() == self.index {
             let _ = self.free.push(id.slot());
+        } else {
+            self.finished_adopted_slot(id.entry());
         }
     }
 
@@ -321,6 +326,30 @@ impl Member {
         }
     }
 
+    /// One slot of adopted entry `index` is finished; the last one lets the entry go. Its
+    /// `joined_ms` is cleared first (nothing left, unless ring holds we had no room for are
+    /// still there) so that recovery skips it until someone joins it.
+    fn finished_adopted_slot(&self, index: u32) {
+        let Ok(mut a) = self.adopted.lock() else {
+            return;
+        };
+        let Some(left) = a.get_mut(&index) else {
+            return;
+        };
+        *left = left.saturating_sub(1);
+        if *left > 0 {
+            return;
+        }
+        a.remove(&index);
+        if self.region.ring().held_by(index).is_empty()
+            && used_slots(&self.region, index).is_empty()
+        {
+            self.entry(index).joined_ms.store(0, Ordering::Relaxed);
+        }
+        let (start, len) = self.region.member_lock_range(index);
+        let _ = sys::unlock_range(&self.lock_file, start, len);
+    }
+
     /// Adopts the leftovers of dead members (and of this entry's previous holder) and returns
     /// the in-flight payments the caller must now finish, with their attempt info.
     /// Payments whose record is already in the log are freed, not returned.
@@ -331,7 +360,11 @@ impl Member {
             .map(|mut p| std::mem::take(&mut *p))
             .unwrap_or_default();
         if self.role == Role::Consumer {
-            let adopted_now: Vec<u32> = self.adopted.lock().map(|a| a.clone()).unwrap_or_default();
+            let adopted_now: Vec<u32> = self
+                .adopted
+                .lock()
+                .map(|a| a.keys().copied().collect())
+                .unwrap_or_default();
             for index in 0..self.region.config().max_members {
                 if index == self.index || adopted_now.contains(&index) {
                     continue;
@@ -357,14 +390,16 @@ impl Member {
                     continue;
                 }
                 self.settle_ring_holds(index);
-                if let Ok(mut a) = self.adopted.lock() {
-                    a.push(index);
+                let used = used_slots(&self.region, index);
+                if used.is_empty() {
+                    // Ring holds we had no room to move: let go, a later pass looks again.
+                    let _ = sys::unlock_range(&self.lock_file, start, len);
+                    continue;
                 }
-                found.extend(
-                    used_slots(&self.region, index)
-                        .into_iter()
-                        .map(|s| InFlightId::new(index, s)),
-                );
+                if let Ok(mut a) = self.adopted.lock() {
+                    a.insert(index, used.len() as u32);
+                }
+                found.extend(used.into_iter().map(|s| InFlightId::new(index, s)));
             }
         }
         if found.is_empty() {
