@@ -8,8 +8,9 @@
 //!   measure against handoff; see the README).
 //! - A backend that dies or refuses is skipped and reconnected in the background (handoff:
 //!   at most every 100 ms, on demand); a socket whose handoff failed goes to the next backend.
-//!   A handoff never blocks: a backend that is alive but not reading (its socket's queue is
-//!   full) is skipped for that client and kept.
+//!   A handoff never blocks on one backend: a backend that is alive but not reading (its
+//!   socket's queue is full) is skipped for that client and kept; only when every living
+//!   backend is full does the balancer wait (up to 1 s) for room before giving up on a client.
 //!   With no backend alive the client socket is closed. The balancer itself never exits
 //!   because of a backend.
 //!
@@ -84,24 +85,47 @@ impl Backend {
     /// disconnected, and reconnected later) or alive but not reading its socket (its queue is
     /// full: it is kept, and this client goes to the next backend). Never blocks, so a
     /// stopped API process cannot stall the accept loop.
-    fn hand(&mut self, client: &TcpStream) -> bool {
+    fn hand(&mut self, client: &TcpStream) -> Handed {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let Some(conn) = self.connected() else {
-            return false;
+            return Handed::Gone;
         };
         let fds = [client.as_raw_fd()];
         let cmsg = [ControlMessage::ScmRights(&fds)];
         let iov = [IoSlice::new(b"c")];
         let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
         match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None) {
-            Ok(_) => true,
-            Err(nix::errno::Errno::EAGAIN) => false,
+            Ok(_) => Handed::Yes,
+            Err(nix::errno::Errno::EAGAIN) => Handed::Full,
             Err(_) => {
                 self.conn = None;
-                false
+                Handed::Gone
             }
         }
     }
+}
+
+/// What became of one handoff.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Handed {
+    Yes,
+    /// Alive, but its queue is full (it is not reading, or not fast enough).
+    Full,
+    /// Not connected (dead, or not started yet).
+    Gone,
+}
+
+/// Waits, at most `limit`, until one of the `backends` whose queue was full can take more.
+fn wait_for_room(backends: &[Backend], limit: Duration) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds: Vec<PollFd<'_>> = backends
+        .iter()
+        .filter_map(|b| b.conn.as_ref())
+        .map(|c| PollFd::new(c.as_fd(), PollFlags::POLLOUT))
+        .collect();
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    let _ = poll(&mut fds, PollTimeout::from(ms));
 }
 
 fn run_handoff(listener: TcpListener, paths: Vec<PathBuf>) -> anyhow::Result<()> {
@@ -127,12 +151,26 @@ fn run_handoff(listener: TcpListener, paths: Vec<PathBuf>) -> anyhow::Result<()>
         };
         let _ = client.set_nodelay(true);
         let n = backends.len();
-        for i in 0..n {
-            let b = &mut backends[(next + i) % n];
-            if b.hand(&client) {
-                next = (next + i + 1) % n;
+        // Round-robin over the backends that take it. When every living one is full (a burst
+        // of new connections faster than the APIs take them), wait up to a second for room
+        // once, rather than drop the client; a backend that is stuck for good then costs each
+        // new client that second only while no other backend has room.
+        'client: for attempt in 0..2 {
+            let mut any_full = false;
+            for i in 0..n {
+                match backends[(next + i) % n].hand(&client) {
+                    Handed::Yes => {
+                        next = (next + i + 1) % n;
+                        break 'client;
+                    }
+                    Handed::Full => any_full = true,
+                    Handed::Gone => {}
+                }
+            }
+            if !any_full || attempt == 1 {
                 break;
             }
+            wait_for_room(&backends, Duration::from_secs(1));
         }
         // Our copy of the descriptor closes here; the API process holds its own.
     }

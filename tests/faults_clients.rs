@@ -33,17 +33,23 @@ fn p99_of_posts(port: u16, from: u64, n: u64) -> Duration {
     lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
 }
 
-/// Connections the server closed: a read returns end-of-stream (or a reset) at once.
+/// Connections the server closed: reading reaches end-of-stream (or a reset) at once, after
+/// whatever the server said first (a connection refused at a full table gets a 503, then the
+/// close).
 fn closed_by_server(conns: &mut [TcpStream]) -> usize {
     use std::io::Read;
     let mut closed = 0;
     for s in conns.iter_mut() {
         let _ = s.set_nonblocking(true);
-        let mut b = [0u8; 1];
-        match s.read(&mut b) {
-            Ok(0) => closed += 1,
-            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => closed += 1,
-            _ => {}
+        let mut b = [0u8; 512];
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => closed += 1,
+                Ok(_) => continue,
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => closed += 1,
+                Err(_) => {}
+            }
+            break;
         }
     }
     closed
