@@ -233,6 +233,11 @@ pub fn reason(code: u16) -> &'static str {
 }
 
 /// Application logic: turns a request into a response. One clone per connection.
+///
+/// Handlers run on `may` coroutines, which can move between worker threads at any blocking
+/// point: a handler must not keep thread-local state across a blocking call (the spawn's
+/// SAFETY argument in [`spawn`] relies on it). The API's and the simulator's handlers use
+/// none (the allocator and `std`'s own thread-locals do not span a yield).
 pub trait Handler: Clone + Send + 'static {
     /// Fills `rsp` for `req`. May block the coroutine (e.g. `may::coroutine::sleep`).
     fn handle(&mut self, req: &Request<'_>, rsp: &mut Response);
@@ -274,7 +279,8 @@ pub fn spawn<F: FnOnce() + Send + 'static>(f: F) -> std::io::Result<()> {
     // SAFETY: may marks spawning unsafe because a coroutine can migrate between worker
     // threads at any blocking point, so thread-local storage read before and after a yield
     // may differ. Our coroutines (connection loops and acceptors) keep all their state on
-    // their own stack or in Send + Sync values they own; they use no thread-locals.
+    // their own stack or in Send + Sync values they own; they use no thread-locals, and the
+    // handlers they call must not either (the contract stated on `Handler`).
     unsafe {
         may::coroutine::Builder::new()
             .stack_size(STACK_SIZE)
