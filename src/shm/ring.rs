@@ -84,7 +84,7 @@ pub struct RingCtl {
 // SAFETY: only atomics (CachePadded is #[repr(C)]-compatible padding around them).
 unsafe impl Shared for RingCtl {}
 
-/// One 64-byte slot: the stamp and the payment's seven words (see [`encode`]).
+/// One 64-byte slot: the stamp and the payment's seven words (see `encode`).
 #[repr(C, align(64))]
 pub struct Slot {
     /// See the module doc.

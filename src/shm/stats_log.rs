@@ -26,7 +26,7 @@
 //! only the few chunks that straddle a bound, or are not sealed yet.
 //!
 //! # Purge
-//! [`StatsLog::purge`] moves `floor` to `head`: readers start at the floor, so everything
+//! `StatsLog::purge` moves `floor` to `head`: readers start at the floor, so everything
 //! before it is gone for them, and its space is reused by later laps.
 use std::collections::HashSet;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
