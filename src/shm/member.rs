@@ -341,6 +341,10 @@ impl Member {
             return;
         }
         a.remove(&index);
+        // Still under the `adopted` lock: `recover_dead` (on another thread) must not see the
+        // entry out of the map while our OFD lock on it is still held, since our own lock
+        // would look free to it and it could adopt the entry a second time. The ring scan is
+        // paid once per adopted entry, after a crash.
         if self.region.ring().held_by(index).is_empty()
             && used_slots(&self.region, index).is_empty()
         {
