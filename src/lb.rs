@@ -81,10 +81,10 @@ impl Backend {
         self.conn.as_ref()
     }
 
-    /// Sends `client`'s descriptor; false if the backend did not take it: gone (then
-    /// disconnected, and reconnected later) or alive but not reading its socket (its queue is
-    /// full: it is kept, and this client goes to the next backend). Never blocks, so a
-    /// stopped API process cannot stall the accept loop.
+    /// Sends `client`'s descriptor, never blocking (a stopped API process cannot stall the
+    /// accept loop): [`Handed::Gone`] when the backend is not connected (it is reconnected
+    /// later), [`Handed::Full`] when it is alive but its queue is full (it is kept; the client
+    /// goes to the next backend).
     fn hand(&mut self, client: &TcpStream) -> Handed {
         use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
         let Some(conn) = self.connected() else {
@@ -96,7 +96,12 @@ impl Backend {
         let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
         match sendmsg::<()>(conn.as_raw_fd(), &iov, &cmsg, flags, None) {
             Ok(_) => Handed::Yes,
-            Err(nix::errno::Errno::EAGAIN) => Handed::Full,
+            // Too many descriptors in flight is a full queue too, not a dead backend.
+            Err(
+                nix::errno::Errno::EAGAIN
+                | nix::errno::Errno::ETOOMANYREFS
+                | nix::errno::Errno::ENOBUFS,
+            ) => Handed::Full,
             Err(_) => {
                 self.conn = None;
                 Handed::Gone

@@ -9,7 +9,7 @@
 //!   store the payment; [`Outcome::Unknown`] means it may have (timeout, reset, garbage).
 //!   Who calls: the consumer, from its tokio runtime.
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -123,11 +123,15 @@ impl ProcessorClient {
             pool: Mutex::new(Vec::new()),
             timeout,
         };
-        // An IP address needs no lookup; a name is looked up by the first connection.
-        if let Ok(ip) = c.endpoint.host.parse::<std::net::IpAddr>() {
-            if let Ok(mut a) = c.addr.lock() {
-                *a = Some(SocketAddr::new(ip, c.endpoint.port));
-            }
+        // Looked up once here, at start-up, before any payment (blocking is fine here: no
+        // runtime is running yet), so that the first payments find an address; after a
+        // failed connect it is looked up again asynchronously (`resolve`).
+        let found = (c.endpoint.host.as_str(), c.endpoint.port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next());
+        if let (Some(found), Ok(mut a)) = (found, c.addr.lock()) {
+            *a = Some(found);
         }
         c
     }

@@ -82,6 +82,9 @@ struct Role {
     /// give up on it. The supervisor polls this instead of blocking, so one role that hangs
     /// on start never delays another's restart or a stop.
     awaiting_ready: Option<(mpsc::Receiver<String>, Instant)>,
+    /// Stopped by us for not saying `ready` in time: its next backoff grows however long
+    /// it ran (it ran for the whole ready limit, which would otherwise count as a long run).
+    stopped_unready: bool,
 }
 
 struct Cgroups {
@@ -178,7 +181,9 @@ impl Engine {
                 r.awaiting_ready = None;
                 // A role that ran 10 s is back in 50 ms (the balancer is the front door);
                 // one that keeps dying young waits longer each time, up to 5 s.
-                r.backoff = if r.started.elapsed() > Duration::from_secs(10) {
+                r.backoff = if r.started.elapsed() > Duration::from_secs(10)
+                    && !std::mem::take(&mut r.stopped_unready)
+                {
                     Duration::from_millis(50)
                 } else {
                     (r.backoff * 2).min(Duration::from_secs(5))
@@ -223,6 +228,7 @@ impl Engine {
                     eprintln!("rinha up: restart failed: {e:#}");
                     if let Some(c) = r.child.as_mut() {
                         let _ = c.kill();
+                        r.stopped_unready = true;
                     }
                 }
             }
@@ -275,8 +281,9 @@ fn start(role: &mut Role, cgroups: Option<&Cgroups>) -> anyhow::Result<mpsc::Rec
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
             if nix::unistd::getppid() != parent {
-                // We died before the prctl took effect: do not start an orphan.
-                return Err(std::io::Error::other("rinha up exited"));
+                // We died before the prctl took effect: do not start an orphan. (An OS error
+                // code, not a message: nothing may allocate between fork and exec.)
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });
@@ -427,6 +434,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         backoff: Duration::from_millis(25),
         restart_at: None,
         awaiting_ready: None,
+        stopped_unready: false,
     };
     let (default_url, fallback_url) = match (&args.default_url, &args.fallback_url) {
         (Some(d), Some(f)) => (d.clone(), f.clone()),
@@ -569,6 +577,7 @@ mod tests {
             backoff: Duration::from_millis(25),
             restart_at: Some(Instant::now()),
             awaiting_ready: None,
+            stopped_unready: false,
         }
     }
 

@@ -502,9 +502,10 @@ fn an_adopted_entry_is_let_go_when_its_payments_are_finished() {
         (!got.is_empty()).then_some(got)
     });
     assert_eq!(got.len(), 2);
-    // Held while a payment of it is unfinished.
+    // Held while a payment of it is unfinished (a consumer would take an entry left unlocked,
+    // leftovers and all).
     me.complete(got[0], Processor::Default, 1).unwrap();
-    let other = survivor_region.join(Role::Api).unwrap();
+    let other = survivor_region.join(Role::Consumer).unwrap();
     assert_ne!(other.index(), dead_index, "let go too early");
     drop(other);
     me.discard(got[1]);

@@ -246,9 +246,13 @@ fn clear_stale_socket(path: &std::path::Path) -> anyhow::Result<()> {
         Ok(()) | Err(nix::errno::Errno::EAGAIN) => anyhow::bail!(says(
             "a live process listens on it (another API given the same path?)"
         )),
-        Err(_) => {
+        // Refused: nobody listens there any more (left by a dead API).
+        Err(nix::errno::Errno::ECONNREFUSED) => {
             std::fs::remove_file(path).with_context(|| says("cannot remove the stale socket"))
         }
+        Err(e) => Err(anyhow::anyhow!(says(&format!(
+            "cannot tell whether it is in use ({e}); not removing it"
+        )))),
     }
 }
 

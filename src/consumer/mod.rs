@@ -8,9 +8,10 @@
 //! thousands of tasks wait on processors at once without a thread each. Contract, per
 //! payment:
 //! - The attempt (processor, requestedAt) is written to the in-flight slot BEFORE sending.
-//! - 200 -> recorded with the requestedAt sent. 422 after an attempt of ours (this
-//!   process's or a dead consumer's) -> the processor has it: recorded. 422 on a payment we
-//!   never sent -> someone else's duplicate: dropped without a record.
+//! - 200 -> recorded with the requestedAt sent. 422 when an earlier attempt of ours at that
+//!   processor (this process's or a dead consumer's) has an unknown outcome -> the processor
+//!   has it from that attempt: recorded. Any other 422 -> another copy of the payment was
+//!   stored there, and is recorded by whoever sent it: dropped without a record.
 //! - 500 / 429 / refused -> not stored. The payment may be re-routed, unless an earlier
 //!   attempt ended in an unknown outcome: then it stays with that processor until a retry is
 //!   answered 200/422 or `GET /payments/{id}` answers 404 once that attempt must have been
@@ -203,7 +204,7 @@ async fn resolve_unknown(
     }
 }
 
-async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
+async fn process(ctx: Arc<Ctx>, id: InFlightId) {
     // The API validated the amount; a value out of range here was not written by us (a
     // damaged or foreign file): never send it to a processor.
     let cents = ctx.member.payment(id).cents;
@@ -212,7 +213,9 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId, recovered: bool) {
         ctx.member.discard(id);
         return;
     }
-    let mut unknown = recovered && ctx.member.payment(id).attempted().is_some();
+    // A payment that carries an attempt (adopted from a dead consumer, or put back in the
+    // ring with its attempt kept) may be stored at that processor already.
+    let mut unknown = ctx.member.payment(id).attempted().is_some();
     // When the last attempt with an unknown outcome was sent (a dead consumer's: before now).
     let mut unknown_sent_ms = if unknown { unix_ms() } else { 0 };
     let mut backoff = Duration::from_millis(10);
@@ -339,7 +342,7 @@ async fn recovery(ctx: Arc<Ctx>) {
                 .recovered
                 .fetch_add(ids.len() as u64, Ordering::Relaxed);
             for id in ids {
-                tokio::spawn(process(Arc::clone(&ctx), id, true));
+                tokio::spawn(process(Arc::clone(&ctx), id));
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -402,7 +405,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Thousands of payments in flight, each on its own connection, need more than the usual
     // 1024 descriptors.
     crate::http::raise_fd_limit();
-    let region = Arc::new(Region::open(&args.shm, &RegionConfig::default())?);
+    let config = RegionConfig::default();
+    if args.max_in_flight > config.inflight_per_member {
+        anyhow::bail!(
+            "--max-in-flight (RINHA_MAX_IN_FLIGHT) is {}, more than the shared file's {} in-flight slots per process",
+            args.max_in_flight,
+            config.inflight_per_member
+        );
+    }
+    let region = Arc::new(Region::open(&args.shm, &config)?);
     let member = Arc::new(region.join(Role::Consumer)?);
     let timeout = Duration::from_millis(args.timeout_ms);
     let ctx = Arc::new(Ctx {
@@ -421,13 +432,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    let slots = region.config().inflight_per_member;
-    if args.max_in_flight > slots {
-        anyhow::bail!(
-            "--max-in-flight (RINHA_MAX_IN_FLIGHT) is {}, more than the shared file's {slots} in-flight slots per process",
-            args.max_in_flight
-        );
-    }
     let limit = args.max_in_flight;
     let per = region.config().inflight_per_member;
     if args.tick_ms > 0 {
@@ -461,7 +465,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         tokio::spawn(recovery(Arc::clone(&ctx)));
         tokio::spawn(report(Arc::clone(&ctx)));
         while let Some(id) = rx.recv().await {
-            tokio::spawn(process(Arc::clone(&ctx), id, false));
+            tokio::spawn(process(Arc::clone(&ctx), id));
         }
     });
     Ok(())
@@ -502,7 +506,7 @@ fn run_ticking(
             while per - ctx.member.take_limit() < limit {
                 match ctx.region.ring().take(&ctx.member, Some(Duration::ZERO)) {
                     Some(id) => {
-                        tokio::spawn(process(Arc::clone(&ctx), id, false));
+                        tokio::spawn(process(Arc::clone(&ctx), id));
                     }
                     None => break,
                 }

@@ -178,7 +178,7 @@ impl<'a> StatsLog<'a> {
         let i = self.ctl.head.fetch_add(1, Ordering::AcqRel);
         let floor = self.ctl.floor.load(Ordering::Acquire);
         if i.saturating_sub(floor) >= self.cap() {
-            return Err(LogFull); // index i stays a hole; record i - capacity is still live
+            return Err(LogFull); // index i is past the live range (see `live`): nothing is hidden
         }
         let r = &self.records[(i % self.cap()) as usize];
         let (lo, hi) = super::id_words(id);
