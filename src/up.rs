@@ -22,6 +22,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::ValueEnum;
 
 use crate::shm::{Region, RegionConfig};
 
@@ -149,6 +150,9 @@ struct Engine {
     cgroups: Option<Cgroups>,
     /// How long a role may take from its start to its `ready` line.
     ready_within: Duration,
+    /// The balancer's Unix sockets to the APIs: ours to remove once every role has stopped,
+    /// however `rinha up` ends (stopped, or a failed start-up).
+    sockets: Vec<String>,
 }
 
 impl Engine {
@@ -161,6 +165,7 @@ impl Engine {
             roles,
             cgroups,
             ready_within,
+            ..
         } = self;
         let now = Instant::now();
         for r in roles.iter_mut() {
@@ -258,6 +263,10 @@ impl Drop for Engine {
             }
         }
         self.cgroups.take();
+        // The shared file stays, so that the next `rinha up` on it resumes what was queued.
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
     }
 }
 
@@ -502,10 +511,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "--backend".into(),
             sockets.join(","),
             "--mode".into(),
-            match args.lb_mode {
-                crate::lb::Mode::Handoff => "handoff".into(),
-                crate::lb::Mode::Proxy => "proxy".into(),
-            },
+            args.lb_mode
+                .to_possible_value()
+                .map_or_else(String::new, |v| v.get_name().to_string()),
         ],
         vec![],
         true,
@@ -514,12 +522,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         roles,
         cgroups,
         ready_within: Duration::from_secs(10),
+        sockets,
     };
     for i in 0..engine.roles.len() {
         let Engine {
             roles,
             cgroups,
             ready_within,
+            ..
         } = &mut engine;
         // At start-up the roles come up in order (simulators, APIs, consumers, then the
         // balancer in front of them), and any that fails stops `rinha up` with its reason.
@@ -529,11 +539,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let first = loop {
             if stop.load(Ordering::SeqCst) {
                 println!("rinha up: stopping");
-                drop(engine);
-                for s in &sockets {
-                    let _ = std::fs::remove_file(s);
-                }
-                return Ok(());
+                return Ok(()); // `engine` stops the roles and removes the sockets
             }
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
@@ -552,12 +558,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         engine.tick();
     }
     println!("rinha up: stopping");
-    drop(engine);
-    // The balancer's sockets to the APIs are ours to clean; the shared file stays, so that
-    // the next `rinha up` on it resumes what was queued.
-    for s in &sockets {
-        let _ = std::fs::remove_file(s);
-    }
+    drop(engine); // stops every role, then removes the API sockets
     Ok(())
 }
 
@@ -594,6 +595,7 @@ mod tests {
             ],
             cgroups: None,
             ready_within: Duration::from_millis(500),
+            sockets: vec![],
         };
         e.tick();
         let hung = pid(&e.roles[0]).expect("the hanging role was started");

@@ -302,3 +302,41 @@ fn the_roles_stop_when_rinha_up_is_killed() {
         "the balancer's port is still open"
     );
 }
+
+/// A start-up that fails after the APIs are up (here the balancer's port is taken) stops what
+/// it started and leaves none of the APIs' socket files behind.
+#[test]
+fn a_failed_start_up_leaves_no_api_sockets() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to hold");
+    let listen = taken.local_addr().expect("held port").to_string();
+    let shm = common::TempShm::new("e2e-failed-start");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args([
+            "up",
+            "--listen",
+            &listen,
+            "--shm",
+            &shm.path(),
+            "--no-limits",
+        ])
+        .env("PROCESSOR_DEFAULT_URL", "http://127.0.0.1:1")
+        .env("PROCESSOR_FALLBACK_URL", "http://127.0.0.1:2")
+        .output()
+        .expect("run rinha up");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "rinha up started on a taken port: {stdout}"
+    );
+    assert!(
+        stdout.contains("started api-2"),
+        "the failure came before the APIs were up, so this shows nothing: {stdout}"
+    );
+    for i in 1..=2 {
+        let sock = format!("{}.api-{i}.sock", shm.path());
+        assert!(
+            !std::path::Path::new(&sock).exists(),
+            "{sock} was left behind"
+        );
+    }
+}
