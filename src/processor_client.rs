@@ -97,13 +97,18 @@ impl Endpoint {
 /// The client of one processor.
 pub struct ProcessorClient {
     endpoint: Endpoint,
-    addr: Mutex<Option<SocketAddr>>,
-    /// When the name was last looked up: after a failed connect it is looked up again, at
-    /// most once per [`RESOLVE_EVERY`], so a processor that is down does not turn every
-    /// payment into a DNS query.
-    resolved_at: Mutex<Option<Instant>>,
+    resolved: Mutex<Resolved>,
     pool: Mutex<Vec<TcpStream>>,
     timeout: Duration,
+}
+
+/// The processor's address and when its name was last looked up: after a failed connect it is
+/// looked up again, at most once per [`RESOLVE_EVERY`], so a processor that is down does not
+/// turn every payment into a DNS query.
+#[derive(Default)]
+struct Resolved {
+    addr: Option<SocketAddr>,
+    looked_up_at: Option<Instant>,
 }
 
 struct Answer {
@@ -118,8 +123,7 @@ impl ProcessorClient {
     pub fn new(endpoint: Endpoint, timeout: Duration) -> ProcessorClient {
         let c = ProcessorClient {
             endpoint,
-            addr: Mutex::new(None),
-            resolved_at: Mutex::new(None),
+            resolved: Mutex::new(Resolved::default()),
             pool: Mutex::new(Vec::new()),
             timeout,
         };
@@ -130,8 +134,8 @@ impl ProcessorClient {
             .to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next());
-        if let (Some(found), Ok(mut a)) = (found, c.addr.lock()) {
-            *a = Some(found);
+        if let Ok(mut r) = c.resolved.lock() {
+            r.addr = found;
         }
         c
     }
@@ -144,10 +148,10 @@ impl ProcessorClient {
     /// Looks the host up again (asynchronously: the runtime's other tasks go on meanwhile),
     /// unless that was done less than [`RESOLVE_EVERY`] ago; returns the address to use.
     async fn resolve(&self) -> Option<SocketAddr> {
-        let due = self.resolved_at.lock().is_ok_and(|mut at| {
-            let due = at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
+        let due = self.resolved.lock().is_ok_and(|mut r| {
+            let due = r.looked_up_at.is_none_or(|t| t.elapsed() >= RESOLVE_EVERY);
             if due {
-                *at = Some(Instant::now());
+                r.looked_up_at = Some(Instant::now());
             }
             due
         });
@@ -158,12 +162,17 @@ impl ProcessorClient {
                 .ok()
                 .and_then(|mut a| a.next())
             {
-                if let Ok(mut g) = self.addr.lock() {
-                    *g = Some(found);
+                if let Ok(mut r) = self.resolved.lock() {
+                    r.addr = Some(found);
                 }
             }
         }
-        self.addr.lock().ok().and_then(|g| *g)
+        self.known_addr()
+    }
+
+    /// The address last found, if any.
+    fn known_addr(&self) -> Option<SocketAddr> {
+        self.resolved.lock().ok().and_then(|r| r.addr)
     }
 
     async fn connection(&self) -> Option<TcpStream> {
@@ -177,8 +186,7 @@ impl ProcessorClient {
                 _ => continue,
             }
         }
-        let known = self.addr.lock().ok().and_then(|g| *g);
-        let addr = match known {
+        let addr = match self.known_addr() {
             Some(a) => a,
             None => self.resolve().await?,
         };
