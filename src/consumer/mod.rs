@@ -99,14 +99,23 @@ struct Ctx {
     /// [`GATE_EVERY`] while any wait, and wakes them all when a processor is usable. One look
     /// for all of them, instead of thousands of tasks each looking every few milliseconds.
     route_open: tokio::sync::Notify,
+    /// Rung by the payment that starts the waiting (0 to 1), so that the gatekeeper sleeps
+    /// while none wait instead of looking every [`GATE_EVERY`] for nothing.
+    someone_waits: tokio::sync::Notify,
 }
 
 /// How often the gatekeeper looks at the routing while payments wait for a processor.
 const GATE_EVERY: Duration = Duration::from_millis(20);
 
-/// Wakes the payments that wait for a usable processor as soon as there is one.
+/// Wakes the payments that wait for a usable processor as soon as there is one; sleeps while
+/// none wait.
 async fn gatekeeper(ctx: Arc<Ctx>) {
     loop {
+        if ctx.waiting.load(Ordering::Relaxed) == 0 {
+            // `notify_one` keeps a permit when nobody is parked here yet, so a payment that
+            // starts waiting between the load and this await is not missed.
+            ctx.someone_waits.notified().await;
+        }
         tokio::time::sleep(GATE_EVERY).await;
         if ctx.waiting.load(Ordering::Relaxed) > 0 && ctx.route(unix_ms()).is_some() {
             ctx.route_open.notify_waiters();
@@ -237,7 +246,9 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId) {
                     tokio::pin!(opened);
                     opened.as_mut().enable();
                     if ctx.route(unix_ms()).is_none() {
-                        ctx.waiting.fetch_add(1, Ordering::Relaxed);
+                        if ctx.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+                            ctx.someone_waits.notify_one();
+                        }
                         let _ = tokio::time::timeout(Duration::from_secs(1), opened).await;
                         ctx.waiting.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -427,6 +438,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         timeout_ms: i64::try_from(args.timeout_ms).unwrap_or(i64::MAX / 4),
         waiting: AtomicU64::new(0),
         route_open: tokio::sync::Notify::new(),
+        someone_waits: tokio::sync::Notify::new(),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
