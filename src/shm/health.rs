@@ -94,16 +94,15 @@ impl<'a> HealthBoard<'a> {
         if holder != 0 && !stale && self.region.member_alive(holder - 1) {
             return false;
         }
-        if self
-            .raw
+        // The renewal time is stored before the CAS that takes the lease, and the CAS
+        // releases it: whoever then reads us as the holder (Acquire above) also reads a fresh
+        // time, so it cannot find our new lease stale and take it over at once (two pollers).
+        // If our CAS loses, the time we stored is as fresh as the winner's own store.
+        self.raw.lease_renewed_ms.store(now_ms, Ordering::Relaxed);
+        self.raw
             .lease_holder
             .compare_exchange(holder, mine, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
-        {
-            self.raw.lease_renewed_ms.store(now_ms, Ordering::Relaxed);
-            return true;
-        }
-        false
     }
 
     /// The current lease holder's member index, if any.
