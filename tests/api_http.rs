@@ -686,6 +686,7 @@ fn post_and_summary_allocate_nothing_once_warm() {
             query,
             headers: &[],
             body,
+            content_length: Some(body.len()),
         };
         api.handle(&req, &mut rsp);
         api.after_write();

@@ -11,9 +11,9 @@
 //!   `Transfer-Encoding` request body gets 501 and the connection is closed; a malformed or
 //!   duplicated `Content-Length` gets 400 and close; a malformed request line or header 400
 //!   and close; a head over [`Limits::max_head`] bytes or with too many headers 431 and close.
-//!   A `POST` with neither `Content-Length` nor `Transfer-Encoding` to a path listed in
-//!   [`Limits::length_required`] (the API lists `/payments`) gets 411 and close; any other
-//!   request without them has an empty body (RFC 9112).
+//!   A request with neither `Content-Length` nor `Transfer-Encoding` has an empty body (RFC
+//!   9112); [`Request::content_length`] tells the handler, which may refuse it (the API
+//!   answers 411 to such a `POST /payments`).
 //! - HTTP/1.0 closes after the answer unless it asked for keep-alive; `Connection: close` is
 //!   honoured. A request (head and body) must arrive within [`Limits::head_timeout`] of its
 //!   first byte, an answer must be taken by the client within the same time (a client that
@@ -52,9 +52,6 @@ pub struct Limits {
     /// longest-idle one, or gets a 503 and is closed when none is idle (see [`conns`]). The
     /// first value a process serves with sizes its table.
     pub max_connections: usize,
-    /// Paths where a `POST` without `Content-Length` (and without `Transfer-Encoding`) gets
-    /// 411 and close; elsewhere such a request has an empty body.
-    pub length_required: &'static [&'static str],
 }
 
 impl Default for Limits {
@@ -65,7 +62,6 @@ impl Default for Limits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 2048,
-            length_required: &[],
         }
     }
 }
@@ -83,6 +79,8 @@ pub struct Request<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// The body (`Content-Length` bytes).
     pub body: &'a [u8],
+    /// The request's `Content-Length`; `None` when it had none (then `body` is empty).
+    pub content_length: Option<usize>,
 }
 
 impl Request<'_> {
@@ -439,14 +437,7 @@ fn parse_and_handle<H: Handler>(
         }
     }
     let method = req.method.unwrap_or("");
-    if length.is_none()
-        && method == "POST"
-        && limits
-            .length_required
-            .contains(&req.path.unwrap_or("").split('?').next().unwrap_or(""))
-    {
-        return Parsed::Reject(411, r#"{"error":"Content-Length required"}"#);
-    }
+    let content_length = length;
     let length = length.unwrap_or(0);
     if length > limits.max_body {
         return Parsed::Reject(413, r#"{"error":"request body too large"}"#);
@@ -462,6 +453,7 @@ fn parse_and_handle<H: Handler>(
         query,
         headers: req.headers,
         body: &buf[head..head + length],
+        content_length,
     };
     rsp.reset();
     handler.handle(&request, rsp);
@@ -964,32 +956,31 @@ mod parser_tests {
             parse(b"\x00\x01 nonsense\r\n\r\n"),
             Parsed::Reject(400, _)
         ));
-        // A POST without a length: 411 where one is required (the API), else an empty body.
-        let strict = Limits {
-            length_required: &["/"],
-            ..Limits::default()
+        // A request without a length has an empty body; the handler is told it had none.
+        #[derive(Clone)]
+        struct Length;
+        impl Handler for Length {
+            fn handle(&mut self, req: &Request<'_>, rsp: &mut Response) {
+                let _ = write!(rsp.body_mut(), "{:?}", req.content_length);
+            }
+        }
+        let seen = |req: &[u8]| {
+            let mut rsp = Response::new();
+            let done = parse_and_handle(req, &mut Length, &mut rsp, &Limits::default());
+            assert!(matches!(done, Parsed::Done { .. }), "not handled");
+            String::from_utf8_lossy(&rsp.body).into_owned()
         };
-        let post = b"POST / HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert!(matches!(
-            parse_and_handle(post, &mut Echo, &mut Response::new(), &strict),
-            Parsed::Reject(411, _)
-        ));
-        assert!(matches!(parse(post), Parsed::Done { .. }));
-        assert!(matches!(
-            parse_and_handle(
-                b"GET / HTTP/1.1\r\n\r\n",
-                &mut Echo,
-                &mut Response::new(),
-                &strict
-            ),
-            Parsed::Done { .. }
-        ));
+        assert_eq!(seen(b"POST / HTTP/1.1\r\nHost: x\r\n\r\n"), "None");
+        assert_eq!(
+            seen(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab"),
+            "Some(2)"
+        );
         assert!(matches!(
             parse_and_handle(
                 b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
                 &mut Echo,
                 &mut Response::new(),
-                &strict
+                &Limits::default()
             ),
             Parsed::Done { .. }
         ));
