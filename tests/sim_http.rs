@@ -343,3 +343,26 @@ fn test_only_chaos_modes_misbehave_as_documented() {
     // reset and garbage stored their payment; status429 did not.
     assert_eq!(admin_summary(port, "").0, 2);
 }
+
+/// A known path with the wrong method gets 405 and says which method it takes.
+#[test]
+fn wrong_methods_get_405_with_allow() {
+    use std::io::Read;
+    let (_sim, port) = processor("0.05");
+    for (req, allow) in [
+        ("GET /payments HTTP/1.1\r\nConnection: close\r\n\r\n", "Allow: POST"),
+        (
+            "POST /payments/service-health HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "Allow: GET",
+        ),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(req.as_bytes()).expect("write");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        assert!(text.starts_with("HTTP/1.1 405 "), "{req:?}: {text}");
+        assert!(text.contains(allow), "{req:?}: no {allow} in {text}");
+    }
+}

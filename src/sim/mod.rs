@@ -517,8 +517,13 @@ impl Handler for Sim {
                     _ => json_error(rsp, 404, "not found"),
                 }
             }
-            (_, "/payments") | (_, "/payments/service-health") => {
-                json_error(rsp, 405, "method not allowed")
+            (_, "/payments") => {
+                json_error(rsp, 405, "method not allowed");
+                rsp.header("Allow: POST");
+            }
+            (_, "/payments/service-health") => {
+                json_error(rsp, 405, "method not allowed");
+                rsp.header("Allow: GET");
             }
             _ => json_error(rsp, 404, "not found"),
         }
