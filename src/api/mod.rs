@@ -32,7 +32,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::http::{self, After, Handler, Limits, Request, Response};
-use crate::shm::ids::Insert;
+use crate::shm::ids::Claim;
 use crate::shm::{Member, Region, RegionConfig, Role, Summary};
 
 /// Command-line arguments of `rinha api`.
@@ -97,22 +97,30 @@ impl Api {
                 return;
             }
         };
-        let ids = self.region.ids();
-        match ids.insert(&p.id) {
-            Insert::Seen => {
+        // The id is held (WRITING) across the push and published only once the payment is
+        // queued: a concurrent POST of the same id waits for the outcome, so it is never told
+        // "duplicate" for a payment that then failed to queue.
+        let pending = match self.region.ids().claim(&p.id) {
+            Claim::Seen => {
                 rsp.status(200)
                     .json(r#"{"duplicate":true,"message":"this correlationId was already accepted; it is processed once"}"#);
                 return;
             }
-            Insert::New | Insert::Full => {}
-        }
+            Claim::New(pending) => Some(pending),
+            Claim::Full => None,
+        };
         match self.region.ring().push_deferred(&self.member, &p) {
             Ok(()) => {
+                if let Some(p) = pending {
+                    p.publish();
+                }
                 self.wake_pending = true;
                 rsp.status(202);
             }
             Err(_) => {
-                ids.remove(&p.id);
+                if let Some(p) = pending {
+                    p.abandon();
+                }
                 rsp.status(503)
                     .header("Retry-After: 1")
                     .json(r#"{"error":"payment queue is full, retry later"}"#);

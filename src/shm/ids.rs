@@ -8,6 +8,11 @@
 //! Contract:
 //! - [`IdSet::insert`] returns [`Insert::New`] exactly once per id and generation, and
 //!   [`Insert::Seen`] for every later insert of the same id, whichever process made it.
+//! - [`IdSet::claim`] is an insert in two steps, for a caller whose own step may still fail
+//!   (the API's push into a full ring): the id is held in `WRITING` until the returned
+//!   [`Pending`] is published (then it is `Seen` by everyone) or abandoned (then it was never
+//!   in). A concurrent insert of the same id waits meanwhile, so it is never told "seen" for
+//!   an id whose payment then fails to queue.
 //! - [`IdSet::clear`] (purge) starts a new generation: every entry of an older generation
 //!   counts as empty and is reused in place, nothing is zeroed under running writers.
 //! - Full (a probe run longer than [`MAX_PROBE`]) is [`Insert::Full`]: the caller decides
@@ -26,11 +31,16 @@
 //!   the same fingerprint and `FULL`, it reads the id words, which the Release/Acquire pair
 //!   makes visible and complete.
 //! - A reader that meets `(gen, same fp, WRITING)` may be racing a writer of the same id, so
-//!   it must not pass: it waits for `FULL` (spinning, then yielding), for up to
-//!   [`STALLED_WRITER`]. A writer that is only preempted (or CPU-throttled) finishes within
-//!   that; one that never does died between its claim and its publish, before its payment was
-//!   enqueued (the API inserts before it pushes), so passing over it then is correct. The
-//!   one way to get two `New` for one id is a live writer stalled longer than that bound.
+//!   it must not pass: it waits for `FULL` or `TOMBSTONE` (spinning, then yielding), for up
+//!   to [`STALLED_WRITER`]. A writer that is only preempted (or CPU-throttled) finishes within
+//!   that (the API holds a claim only across a non-blocking ring push); one that never does
+//!   died between its claim and its publish, and passing over it then is what lets the
+//!   client's retry in. If it died after its push, that payment is queued as well: the same
+//!   id twice, which the consumer sends to a processor that already has it (422, counted
+//!   once) unless routing changed in between. The one way to get two `New` for one live
+//!   writer is a stall longer than that bound.
+//! - Publish and abandon are CASes from the claimed tag: if a purge started a new generation
+//!   meanwhile and someone reclaimed the entry, the stale claim changes nothing.
 //!   (Version 1 of the layout passed over any writer after 10,000 spins, fingerprint or not:
 //!   a preempted writer let the same id in twice, 3 runs in 90 of the racing test.)
 //!
@@ -108,6 +118,53 @@ pub enum Insert {
     Full,
 }
 
+/// What a claim found: [`Claim::New`] holds the id until it is published or abandoned.
+#[derive(Debug)]
+pub enum Claim<'a> {
+    /// First time this id is seen in this generation; it is held in `WRITING`.
+    New(Pending<'a>),
+    /// The id was inserted before (by any process) in this generation.
+    Seen,
+    /// No free entry within [`MAX_PROBE`] entries of the id's home.
+    Full,
+}
+
+/// A claimed id, not yet visible as seen. Publish it once what it guards is done, or abandon
+/// it; dropped without either, it stays `WRITING` as if its process had died (readers of the
+/// same id wait [`STALLED_WRITER`] and then pass over it).
+#[must_use = "publish or abandon the claim"]
+#[derive(Debug)]
+pub struct Pending<'a> {
+    entry: &'a IdEntry,
+    /// The `WRITING` tag this claim stored.
+    claimed: u64,
+}
+
+impl Pending<'_> {
+    /// Makes the id seen by every later insert.
+    pub fn publish(self) {
+        self.finish(FULL);
+    }
+
+    /// Takes the id out again (what it guarded could not be done): the entry becomes a
+    /// tombstone, which keeps later probes going and is reused after a purge.
+    pub fn abandon(self) {
+        self.finish(TOMBSTONE);
+    }
+
+    fn finish(self, state: u64) {
+        // Release: a reader that sees FULL sees both id words. A CAS, not a store: if a
+        // purge made this claim stale and the entry was claimed again in the new
+        // generation, that claim must stand.
+        let _ = self.entry.tag.compare_exchange(
+            self.claimed,
+            (self.claimed & !STATE_MASK) | state,
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
+    }
+}
+
 /// A view of the id set over memory that someone else owns (the shared file, or a `Vec` in tests).
 #[derive(Clone, Copy)]
 pub struct IdSet<'a> {
@@ -127,9 +184,21 @@ impl<'a> IdSet<'a> {
 
     /// Inserts `id`; see the module's contract.
     pub fn insert(&self, id: &[u8; 16]) -> Insert {
+        match self.claim(id) {
+            Claim::New(pending) => {
+                pending.publish();
+                Insert::New
+            }
+            Claim::Seen => Insert::Seen,
+            Claim::Full => Insert::Full,
+        }
+    }
+
+    /// Claims `id`, to publish or abandon later; see the module's contract.
+    pub fn claim(&self, id: &[u8; 16]) -> Claim<'a> {
         let n = self.entries.len();
         if n == 0 {
-            return Insert::Full;
+            return Claim::Full;
         }
         let (lo, hi) = super::id_words(id);
         // Acquire pairs with the Release in `clear`: a writer that sees the new generation
@@ -154,11 +223,13 @@ impl<'a> IdSet<'a> {
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
+                            // Ordered before the publish by its Release (`Pending::finish`).
                             entry.lo.store(lo, Ordering::Relaxed);
                             entry.hi.store(hi, Ordering::Relaxed);
-                            // Release: a reader that sees FULL sees both id words.
-                            entry.tag.store(tag_of(gen, fp, FULL), Ordering::Release);
-                            return Insert::New;
+                            return Claim::New(Pending {
+                                entry,
+                                claimed: tag_of(gen, fp, WRITING),
+                            });
                         }
                         Err(now) => {
                             tag = now;
@@ -187,12 +258,12 @@ impl<'a> IdSet<'a> {
                 // (gen, fp, FULL): the Acquire load of `tag` makes the id words visible.
                 if entry.lo.load(Ordering::Relaxed) == lo && entry.hi.load(Ordering::Relaxed) == hi
                 {
-                    return Insert::Seen;
+                    return Claim::Seen;
                 }
                 break;
             }
         }
-        Insert::Full
+        Claim::Full
     }
 
     /// Whether `id` is in the set (a read-only probe).
@@ -218,43 +289,6 @@ impl<'a> IdSet<'a> {
                 && entry.hi.load(Ordering::Relaxed) == hi
             {
                 return true;
-            }
-        }
-        false
-    }
-
-    /// Takes `id` out again (the payment it guarded could not be queued after all). The
-    /// entry becomes a tombstone: it keeps later probes going and is reused after a purge.
-    pub fn remove(&self, id: &[u8; 16]) -> bool {
-        let n = self.entries.len();
-        if n == 0 {
-            return false;
-        }
-        let (lo, hi) = super::id_words(id);
-        let gen = self.generation.load(Ordering::Acquire);
-        let h = mix(lo, hi);
-        let fp = fingerprint(h);
-        let home = (h % n as u64) as usize;
-        for step in 0..MAX_PROBE.min(n) {
-            let entry = &self.entries[(home + step) % n];
-            let tag = entry.tag.load(Ordering::Acquire);
-            if !of_generation(tag, gen) || tag & STATE_MASK == EMPTY {
-                return false;
-            }
-            if tag & STATE_MASK == FULL
-                && tag & FP_MASK == fp
-                && entry.lo.load(Ordering::Relaxed) == lo
-                && entry.hi.load(Ordering::Relaxed) == hi
-            {
-                return entry
-                    .tag
-                    .compare_exchange(
-                        tag,
-                        tag_of(gen, fp, TOMBSTONE),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok();
             }
         }
         false
@@ -317,11 +351,16 @@ mod tests {
         let entries = table(8);
         let gen = AtomicU64::new(1);
         let set = IdSet::new(&entries, &gen);
-        for n in 0..6 {
+        for n in [0, 1] {
             assert_eq!(set.insert(&id(n)), Insert::New);
         }
-        assert!(set.remove(&id(2)));
-        assert!(!set.remove(&id(2)));
+        let Claim::New(two) = set.claim(&id(2)) else {
+            panic!("id 2 is new")
+        };
+        for n in [3, 4, 5] {
+            assert_eq!(set.insert(&id(n)), Insert::New);
+        }
+        two.abandon();
         assert!(!set.contains(&id(2)));
         for n in [0, 1, 3, 4, 5] {
             assert!(set.contains(&id(n)), "{n} lost behind the tombstone");
@@ -463,5 +502,50 @@ mod tests {
             .collect();
         let news: usize = threads.into_iter().map(|t| t.join().unwrap_or(0)).sum();
         assert_eq!(news, 8000);
+    }
+
+    /// The API's race with a full ring: while one insert holds its claim (its push not yet
+    /// known), a second insert of the same id waits; it is told "seen" only if the claim is
+    /// published, and gets the id itself if the claim is abandoned.
+    #[test]
+    fn an_insert_waits_for_a_claim_of_the_same_id_and_follows_its_outcome() {
+        let entries = table(16);
+        let gen = AtomicU64::new(1);
+        let set = IdSet::new(&entries, &gen);
+        for publish in [false, true] {
+            set.clear();
+            let Claim::New(pending) = set.claim(&id(7)) else {
+                panic!("id 7 is new")
+            };
+            std::thread::scope(|s| {
+                let other = s.spawn(|| set.insert(&id(7)));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                assert!(!other.is_finished(), "the second insert did not wait");
+                if publish {
+                    pending.publish();
+                } else {
+                    pending.abandon();
+                }
+                let want = if publish { Insert::Seen } else { Insert::New };
+                assert_eq!(other.join().expect("insert thread"), want);
+            });
+        }
+    }
+
+    /// A claim made stale by a purge, and its entry claimed again in the new generation: the
+    /// stale claim's publish or abandon leaves the new one alone.
+    #[test]
+    fn a_stale_claim_does_not_touch_the_next_generation() {
+        let entries = table(1);
+        let gen = AtomicU64::new(1);
+        let set = IdSet::new(&entries, &gen);
+        let Claim::New(stale) = set.claim(&id(1)) else {
+            panic!("id 1 is new")
+        };
+        set.clear();
+        assert_eq!(set.insert(&id(2)), Insert::New);
+        stale.abandon();
+        assert_eq!(set.insert(&id(2)), Insert::Seen);
+        assert!(set.contains(&id(2)));
     }
 }
