@@ -348,3 +348,57 @@ fn drain_rate() {
     );
     r.settle(n, Duration::from_secs(30));
 }
+
+/// A processor that only answers health checks (healthy, no delay) and counts them.
+fn counting_health_server() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = Arc::clone(&calls);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let counted = Arc::clone(&counted);
+            std::thread::spawn(move || {
+                let body = r#"{"failing":false,"minResponseTime":0}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut buf) {
+                    pending.extend_from_slice(&buf[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        if pending.starts_with(b"GET /payments/service-health ") {
+                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        pending.drain(..end + 4);
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (port, calls)
+}
+
+/// Two consumers on one file: one poller between them (the lease), and each processor's
+/// health is asked at most once per 5 s (the processors' own rate limit), yet asked again.
+#[test]
+fn two_consumers_poll_each_processor_at_most_once_per_5_s() {
+    let shm = TempShm::new("consumer-poll-rate");
+    let (d, d_calls) = counting_health_server();
+    let (f, f_calls) = counting_health_server();
+    let consumers = [consumer(&shm, d, f, &[]), consumer(&shm, d, f, &[])];
+    std::thread::sleep(Duration::from_millis(11_500));
+    drop(consumers);
+    for (name, calls) in [("default", &d_calls), ("fallback", &f_calls)] {
+        let n = calls.load(std::sync::atomic::Ordering::SeqCst);
+        // Polls at about 0, 5.1 and 10.2 s of the 11.5 s.
+        assert!((2..=3).contains(&n), "{name} was asked {n} times in 11.5 s");
+    }
+}

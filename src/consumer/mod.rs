@@ -318,7 +318,8 @@ async fn process(ctx: Arc<Ctx>, id: InFlightId) {
 /// early callers for the next 5 s window) delays neither the other processor's poll nor the
 /// lease's renewal.
 async fn poller(ctx: Arc<Ctx>) {
-    let polling = [(); 2].map(|()| Arc::new(AtomicBool::new(false)));
+    // The poll still running for each processor, if any: never two at once for one.
+    let mut polling: [Option<tokio::task::JoinHandle<()>>; 2] = [None, None];
     loop {
         let now = unix_ms();
         if ctx.region.health().try_lease(&ctx.member, now) {
@@ -328,17 +329,17 @@ async fn poller(ctx: Arc<Ctx>) {
                     .polled_at_ms
                     .load(Ordering::Relaxed)
                     .max(h.poll_tried_ms.load(Ordering::Relaxed));
+                let running = &mut polling[p.index()];
                 if now.saturating_sub(last) < health::POLL_EVERY_MS
-                    || polling[p.index()].swap(true, Ordering::AcqRel)
+                    || running.as_ref().is_some_and(|t| !t.is_finished())
                 {
                     continue;
                 }
                 h.poll_tried_ms.store(now, Ordering::Relaxed);
-                let (ctx, busy) = (Arc::clone(&ctx), Arc::clone(&polling[p.index()]));
-                tokio::spawn(async move {
+                let ctx = Arc::clone(&ctx);
+                *running = Some(tokio::spawn(async move {
                     health::poll_once(&ctx.clients[p.index()], ctx.board(p), now).await;
-                    busy.store(false, Ordering::Release);
-                });
+                }));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
