@@ -7,6 +7,8 @@ SAMPLES: k6's CSV output (K6_OUT=csv=...). STEAL: lines "unix_second steal_jiffi
 requests, how many samples above it fall in seconds when the host took 10 % or more of the
 CPU (20 jiffies a second on 2 CPUs at 100 Hz), and the mean steal in the seconds that hold
 slow samples against the others. Seconds are k6's sample timestamps (1 s resolution).
+It also tells apart the requests that opened their connection (k6's http_req_connecting > 0:
+the balancer's handoff is on their path) from the rest, and how many of each are slow.
 """
 import collections
 import csv
@@ -17,13 +19,24 @@ import sys
 
 def main(samples_path, steal_path):
     per_second = collections.defaultdict(list)
+    # k6 writes one request's samples together, http_reqs first: (duration, opened) per request.
+    requests, current = [], None
     with gzip.open(samples_path, "rt") as f:
         for row in csv.DictReader(f):
-            if row["metric_name"] != "http_req_duration":
+            name = row["metric_name"]
+            if name == "http_reqs":
+                current = {"opened": False}
+                requests.append(current)
+            elif name == "http_req_connecting" and current is not None:
+                current["opened"] = float(row["metric_value"]) > 0
+            if name != "http_req_duration":
                 continue
             status = row.get("status") or "0"
             if 200 <= int(status) < 400:
-                per_second[int(row["timestamp"])].append(float(row["metric_value"]))
+                value = float(row["metric_value"])
+                per_second[int(row["timestamp"])].append(value)
+                if current is not None:
+                    current["ok"] = value
     steal, prev = {}, None
     with open(steal_path) as f:
         for line in f:
@@ -55,6 +68,14 @@ def main(samples_path, steal_path):
         f"mean steal, jiffies/s of {per_cpu_second}: {with_slow:.1f} in seconds with slow "
         f"samples, {without:.1f} in the others"
     )
+    for label, opened in (("opened their connection", True), ("on a kept-alive one", False)):
+        ds = sorted(r["ok"] for r in requests if "ok" in r and r["opened"] == opened)
+        if ds:
+            print(
+                f"{len(ds)} requests {label}: p50 {ds[len(ds) // 2]:.2f} ms, "
+                f"p99 {ds[int(0.99 * len(ds))]:.2f} ms, {sum(1 for d in ds if d > p99)} slower "
+                f"than the run's p99"
+            )
 
 
 if __name__ == "__main__":
