@@ -150,8 +150,10 @@ struct Engine {
     cgroups: Option<Cgroups>,
     /// How long a role may take from its start to its `ready` line.
     ready_within: Duration,
-    /// The balancer's Unix sockets to the APIs: ours to remove once every role has stopped,
-    /// however `rinha up` ends (stopped, or a failed start-up).
+    /// The balancer's Unix sockets to the APIs that this engine's APIs made (each added once
+    /// its API said `ready`): ours to remove once every role has stopped, however `rinha up`
+    /// ends (stopped, or a failed start-up). A socket path that another engine's live API
+    /// holds (a second `rinha up` on the same file) is never ours.
     sockets: Vec<String>,
 }
 
@@ -522,7 +524,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         roles,
         cgroups,
         ready_within: Duration::from_secs(10),
-        sockets,
+        sockets: Vec::new(),
     };
     for i in 0..engine.roles.len() {
         let Engine {
@@ -548,6 +550,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let addr = ready_line(&roles[i], first, *ready_within)?;
         println!("started {:<18} {addr}", roles[i].name);
+        if let Some(sock) = sockets.iter().find(|s| roles[i].args.contains(s)) {
+            engine.sockets.push(sock.clone());
+        }
     }
     println!("processors: default {default_url}, fallback {fallback_url}; shared file {shm}");
     println!("ready up {}", args.listen);

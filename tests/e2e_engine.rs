@@ -340,3 +340,43 @@ fn a_failed_start_up_leaves_no_api_sockets() {
         );
     }
 }
+
+/// A second `rinha up` on the same shared file while the first runs fails (its first API
+/// finds the first engine's live socket), and in failing removes nothing of the first's: the
+/// first engine's API sockets stay and it goes on answering.
+#[test]
+fn a_second_engine_on_the_same_file_leaves_the_first_alone() {
+    let e = Engine::start("e2e-second-up");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args([
+            "up",
+            "--listen",
+            &listen,
+            "--shm",
+            &e.shm.path(),
+            "--no-limits",
+        ])
+        .env(
+            "PROCESSOR_DEFAULT_URL",
+            format!("http://127.0.0.1:{}", e.default.1),
+        )
+        .env(
+            "PROCESSOR_FALLBACK_URL",
+            format!("http://127.0.0.1:{}", e.fallback.1),
+        )
+        .output()
+        .expect("run the second rinha up");
+    assert!(
+        !out.status.success(),
+        "a second engine started on a file whose APIs are live"
+    );
+    for i in 1..=2 {
+        let sock = format!("{}.api-{i}.sock", e.shm.path());
+        assert!(
+            std::path::Path::new(&sock).exists(),
+            "{sock} of the first engine was removed"
+        );
+    }
+    assert_eq!(post_payment(e.port, &uuid_n(1), "10.00"), Some(202));
+}
