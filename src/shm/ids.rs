@@ -22,10 +22,13 @@
 //! Each entry has a `tag` word and the id in two words. The tag is
 //! `generation (32 bits) << 32 | fingerprint (30 bits) << 2 | state`: `state` is `EMPTY` (0),
 //! `WRITING` (1), `FULL` (2) or `TOMBSTONE` (3); the fingerprint is 30 bits of the id's hash
-//! (not the bits that choose its home); an entry whose generation is not the current one (its
-//! low 32 bits) is empty, whatever its state.
-//! - A writer claims a free entry with a CAS of `tag` to `(gen, fp, WRITING)`, stores the id
-//!   words (Relaxed), then publishes with a Release store of `(gen, fp, FULL)`.
+//! (not the bits that choose its home); an entry of an older generation than the current one
+//! (compared on the low 32 bits, wrapping) is empty, whatever its state. An entry of a *newer*
+//! generation means a purge happened after the writer read the generation: it reads the
+//! generation again and starts its probe over, so a stale writer never claims over a new one.
+//! - A writer claims a free entry with a CAS of `tag` to `(gen, fp, WRITING)` and stores the id
+//!   words (Relaxed); once the caller's own step is done ([`Pending`]) it publishes with a
+//!   Release CAS to `(gen, fp, FULL)`, or abandons with one to `(gen, fp, TOMBSTONE)`.
 //! - A reader loads `tag` with Acquire. An entry with another fingerprint holds another id,
 //!   whatever its state: the reader probes on without reading the id words or waiting. With
 //!   the same fingerprint and `FULL`, it reads the id words, which the Release/Acquire pair
@@ -87,6 +90,12 @@ fn tag_of(gen: u64, fp: u64, state: u64) -> u64 {
 /// Whether `tag` belongs to generation `gen` (compared on the low 32 bits).
 fn of_generation(tag: u64, gen: u64) -> bool {
     tag >> 32 == gen & 0xFFFF_FFFF
+}
+
+/// Whether `tag` belongs to a generation after `gen` (low 32 bits, wrapping: a purge a
+/// second for 68 years would be needed to confuse the two).
+fn newer_than(tag: u64, gen: u64) -> bool {
+    ((tag >> 32) as u32).wrapping_sub(gen as u32) as i32 > 0
 }
 
 /// 30 bits of the hash `h`, placed at bits 2..32: the top bits, while the home entry is taken
@@ -201,69 +210,75 @@ impl<'a> IdSet<'a> {
             return Claim::Full;
         }
         let (lo, hi) = super::id_words(id);
-        // Acquire pairs with the Release in `clear`: a writer that sees the new generation
-        // also sees that every entry of the old one now counts as empty.
-        let gen = self.generation.load(Ordering::Acquire);
         let h = mix(lo, hi);
         let fp = fingerprint(h);
         let home = (h % n as u64) as usize;
-        for step in 0..MAX_PROBE.min(n) {
-            let entry = &self.entries[(home + step) % n];
-            let mut tag = entry.tag.load(Ordering::Acquire);
-            let mut waited: Option<std::time::Instant> = None;
-            let mut spins = 0u32;
-            loop {
-                if !of_generation(tag, gen) || tag & STATE_MASK == EMPTY {
-                    // Free in this generation: claim it. AcqRel: on success no one else can
-                    // claim it for this generation; on failure we re-examine what won.
-                    match entry.tag.compare_exchange(
-                        tag,
-                        tag_of(gen, fp, WRITING),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            // Ordered before the publish by its Release (`Pending::finish`).
-                            entry.lo.store(lo, Ordering::Relaxed);
-                            entry.hi.store(hi, Ordering::Relaxed);
-                            return Claim::New(Pending {
-                                entry,
-                                claimed: tag_of(gen, fp, WRITING),
-                            });
-                        }
-                        Err(now) => {
-                            tag = now;
-                            continue;
+        'probe: loop {
+            // Acquire pairs with the Release in `clear`: a writer that sees the new generation
+            // also sees that every entry of the old one now counts as empty.
+            let gen = self.generation.load(Ordering::Acquire);
+            for step in 0..MAX_PROBE.min(n) {
+                let entry = &self.entries[(home + step) % n];
+                let mut tag = entry.tag.load(Ordering::Acquire);
+                let mut waited: Option<std::time::Instant> = None;
+                let mut spins = 0u32;
+                loop {
+                    if newer_than(tag, gen) {
+                        continue 'probe; // a purge since we read the generation: start over
+                    }
+                    if !of_generation(tag, gen) || tag & STATE_MASK == EMPTY {
+                        // Free in this generation: claim it. AcqRel: on success no one else can
+                        // claim it for this generation; on failure we re-examine what won.
+                        match entry.tag.compare_exchange(
+                            tag,
+                            tag_of(gen, fp, WRITING),
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        ) {
+                            Ok(_) => {
+                                // Ordered before the publish by its Release (`Pending::finish`).
+                                entry.lo.store(lo, Ordering::Relaxed);
+                                entry.hi.store(hi, Ordering::Relaxed);
+                                return Claim::New(Pending {
+                                    entry,
+                                    claimed: tag_of(gen, fp, WRITING),
+                                });
+                            }
+                            Err(now) => {
+                                tag = now;
+                                continue;
+                            }
                         }
                     }
-                }
-                if tag & FP_MASK != fp || tag & STATE_MASK == TOMBSTONE {
-                    break; // another id, or a removed one: occupied for probing, no match
-                }
-                if tag & STATE_MASK == WRITING {
-                    // Maybe the same id, being written: wait for it (module docs).
-                    if spins < WRITING_SPINS {
-                        spins += 1;
-                        std::hint::spin_loop();
-                    } else {
-                        let since = *waited.get_or_insert_with(std::time::Instant::now);
-                        if since.elapsed() >= STALLED_WRITER {
-                            break; // the writer died before publishing: pass over
-                        }
-                        std::thread::yield_now();
+                    if tag & FP_MASK != fp || tag & STATE_MASK == TOMBSTONE {
+                        break; // another id, or an abandoned one: occupied for probing, no match
                     }
-                    tag = entry.tag.load(Ordering::Acquire);
-                    continue;
+                    if tag & STATE_MASK == WRITING {
+                        // Maybe the same id, being written: wait for it (module docs).
+                        if spins < WRITING_SPINS {
+                            spins += 1;
+                            std::hint::spin_loop();
+                        } else {
+                            let since = *waited.get_or_insert_with(std::time::Instant::now);
+                            if since.elapsed() >= STALLED_WRITER {
+                                break; // the writer died before publishing: pass over
+                            }
+                            std::thread::yield_now();
+                        }
+                        tag = entry.tag.load(Ordering::Acquire);
+                        continue;
+                    }
+                    // (gen, fp, FULL): the Acquire load of `tag` makes the id words visible.
+                    if entry.lo.load(Ordering::Relaxed) == lo
+                        && entry.hi.load(Ordering::Relaxed) == hi
+                    {
+                        return Claim::Seen;
+                    }
+                    break;
                 }
-                // (gen, fp, FULL): the Acquire load of `tag` makes the id words visible.
-                if entry.lo.load(Ordering::Relaxed) == lo && entry.hi.load(Ordering::Relaxed) == hi
-                {
-                    return Claim::Seen;
-                }
-                break;
             }
+            return Claim::Full;
         }
-        Claim::Full
     }
 
     /// Whether `id` is in the set (a read-only probe).
@@ -296,7 +311,7 @@ impl<'a> IdSet<'a> {
 
     /// Empties the set for every process by starting a new generation (purge).
     pub fn clear(&self) {
-        // Release pairs with the Acquire in `insert`.
+        // Release pairs with the Acquire in `claim`.
         self.generation.fetch_add(1, Ordering::Release);
     }
 }
@@ -530,6 +545,34 @@ mod tests {
                 assert_eq!(other.join().expect("insert thread"), want);
             });
         }
+    }
+
+    /// A writer that read the generation before a purge meets an entry of the new generation:
+    /// it starts over in the new one instead of claiming over that entry.
+    #[test]
+    fn a_writer_with_a_stale_generation_does_not_claim_over_a_newer_entry() {
+        let entries = table(1);
+        let gen = AtomicU64::new(2);
+        let set = IdSet::new(&entries, &gen);
+        let Claim::New(new_writer) = set.claim(&id(2)) else {
+            panic!("id 2 is new")
+        };
+        // What a writer still on generation 1 sees: the entry is generation 2's.
+        let tag = entries[0].tag.load(Ordering::Relaxed);
+        assert!(newer_than(tag, 1) && !newer_than(tag, 2) && !newer_than(tag, 3));
+        new_writer.publish();
+        // A writer that read generation 1: here the word itself says 1 for 20 ms. It must
+        // not take the entry; once the word says 2 again, it finds the table full (its one
+        // entry holds id 2).
+        gen.store(1, Ordering::Relaxed);
+        let racer = std::thread::scope(|s| {
+            let h = s.spawn(|| matches!(set.claim(&id(3)), Claim::New(_)));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            gen.store(2, Ordering::Release);
+            h.join().expect("claim thread")
+        });
+        assert!(!racer, "a stale writer claimed over generation 2's entry");
+        assert_eq!(set.insert(&id(2)), Insert::Seen);
     }
 
     /// A claim made stale by a purge, and its entry claimed again in the new generation: the
