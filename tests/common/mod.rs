@@ -57,10 +57,25 @@ impl Proc {
             .env_remove("PROCESSOR_FALLBACK_URL")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn rinha");
         let stdout = child.stdout.take().expect("stdout");
+        // Drained all along (a role that logs must never block on a full pipe); the first
+        // lines are kept to say why a role never became ready.
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let said = std::sync::Arc::clone(&said);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut s) = said.lock() {
+                        if s.len() < 20 {
+                            s.push(line);
+                        }
+                    }
+                }
+            });
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -75,7 +90,13 @@ impl Proc {
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(line) => p.ready = line,
-            Err(_) => panic!("rinha {args:?} did not become ready"),
+            Err(_) => {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                std::thread::sleep(Duration::from_millis(100)); // the stderr reader's last lines
+                let said = said.lock().map(|s| s.join("\n")).unwrap_or_default();
+                panic!("rinha {args:?} did not become ready; it said:\n{said}")
+            }
         }
         p
     }
@@ -107,13 +128,17 @@ impl Drop for Proc {
     }
 }
 
-/// A simulator on a free port.
+/// A simulator on a free port: it binds port 0 itself and says which in its ready line
+/// (`ready processor 127.0.0.1:PORT`), so no other test's connection can take the port
+/// between a `free_port()` and the simulator's bind (a CI run lost that race once).
 pub fn processor(fee: &str) -> (Proc, u16) {
-    let port = free_port();
-    let p = Proc::start(
-        &["processor", "--port", &port.to_string(), "--fee", fee],
-        &[],
-    );
+    let p = Proc::start(&["processor", "--port", "0", "--fee", fee], &[]);
+    let port = p
+        .ready
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no port in the simulator's ready line {:?}", p.ready));
     (p, port)
 }
 
