@@ -303,6 +303,17 @@ fn the_roles_stop_when_rinha_up_is_killed() {
     );
 }
 
+/// Runs `rinha up` to its end (these tests expect it to fail at start-up) with the given
+/// processors; its output.
+fn up_to_the_end(listen: &str, shm: &str, default: &str, fallback: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args(["up", "--listen", listen, "--shm", shm, "--no-limits"])
+        .env("PROCESSOR_DEFAULT_URL", default)
+        .env("PROCESSOR_FALLBACK_URL", fallback)
+        .output()
+        .expect("run rinha up")
+}
+
 /// A start-up that fails after the APIs are up (here the balancer's port is taken) stops what
 /// it started and leaves none of the APIs' socket files behind.
 #[test]
@@ -310,19 +321,12 @@ fn a_failed_start_up_leaves_no_api_sockets() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port to hold");
     let listen = taken.local_addr().expect("held port").to_string();
     let shm = common::TempShm::new("e2e-failed-start");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--shm",
-            &shm.path(),
-            "--no-limits",
-        ])
-        .env("PROCESSOR_DEFAULT_URL", "http://127.0.0.1:1")
-        .env("PROCESSOR_FALLBACK_URL", "http://127.0.0.1:2")
-        .output()
-        .expect("run rinha up");
+    let out = up_to_the_end(
+        &listen,
+        &shm.path(),
+        "http://127.0.0.1:1",
+        "http://127.0.0.1:2",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success(),
@@ -348,25 +352,12 @@ fn a_failed_start_up_leaves_no_api_sockets() {
 fn a_second_engine_on_the_same_file_leaves_the_first_alone() {
     let e = Engine::start("e2e-second-up");
     let listen = format!("127.0.0.1:{}", free_port());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
-        .args([
-            "up",
-            "--listen",
-            &listen,
-            "--shm",
-            &e.shm.path(),
-            "--no-limits",
-        ])
-        .env(
-            "PROCESSOR_DEFAULT_URL",
-            format!("http://127.0.0.1:{}", e.default.1),
-        )
-        .env(
-            "PROCESSOR_FALLBACK_URL",
-            format!("http://127.0.0.1:{}", e.fallback.1),
-        )
-        .output()
-        .expect("run the second rinha up");
+    let out = up_to_the_end(
+        &listen,
+        &e.shm.path(),
+        &format!("http://127.0.0.1:{}", e.default.1),
+        &format!("http://127.0.0.1:{}", e.fallback.1),
+    );
     assert!(
         !out.status.success(),
         "a second engine started on a file whose APIs are live"
