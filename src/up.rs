@@ -29,7 +29,8 @@ use crate::shm::{Region, RegionConfig};
 /// Command-line arguments of `rinha up`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
-    /// Public address of the balancer.
+    /// Public address of the balancer. Port 0 takes any free port, once: the `ready up` line
+    /// names the port bound, and a restarted balancer binds that same one.
     #[arg(long, env = "RINHA_LISTEN", default_value = "127.0.0.1:9999")]
     pub listen: SocketAddr,
     /// The shared file.
@@ -47,7 +48,7 @@ pub struct Args {
     /// Fallback processor.
     #[arg(long, env = "PROCESSOR_FALLBACK_URL")]
     pub fallback_url: Option<String>,
-    /// Port of the built-in default simulator.
+    /// Port of the built-in default simulator (not 0: the consumers are told it once).
     #[arg(long, env = "RINHA_SIM_DEFAULT_PORT", default_value_t = 8001)]
     pub default_port: u16,
     /// Port of the built-in fallback simulator.
@@ -346,6 +347,24 @@ fn ready_line(
     }
 }
 
+/// The address a role's ready line ends with (`ready processor 127.0.0.1:8001`, `ready up
+/// 127.0.0.1:9999`): the one it bound, which tells the port when it was asked for port 0.
+pub fn ready_address(line: &str, what: &str) -> anyhow::Result<SocketAddr> {
+    line.rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{what} said {line:?}, which ends with no address"))
+}
+
+/// Replaces the value after `--listen` in a balancer's arguments.
+fn pin_listen(args: &mut [String], listen: SocketAddr) {
+    if let Some(i) = args.iter().position(|a| a == "--listen") {
+        if let Some(v) = args.get_mut(i + 1) {
+            *v = listen.to_string();
+        }
+    }
+}
+
 fn shutdown_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = Arc::clone(&flag);
@@ -382,6 +401,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.consumers == 0 {
         bail!("--consumers (RINHA_CONSUMERS) must be at least 1");
+    }
+    // The consumers are given the simulators' URLs once; a restarted simulator must come
+    // back on the same port.
+    if args.default_port == 0 || args.fallback_port == 0 {
+        bail!("--default-port (RINHA_SIM_DEFAULT_PORT) and --fallback-port (RINHA_SIM_FALLBACK_PORT) must not be 0");
     }
     let members = RegionConfig::default().max_members;
     if args.apis.saturating_add(args.consumers) > members {
@@ -520,6 +544,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         vec![],
         true,
     ));
+    let mut listen = args.listen;
     let mut engine = Engine {
         roles,
         cgroups,
@@ -550,12 +575,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         let addr = ready_line(&roles[i], first, *ready_within)?;
         println!("started {:<18} {addr}", roles[i].name);
+        if roles[i].name == "lb" {
+            listen = ready_address(&addr, "lb")?;
+            // A restart binds the port this start took (it matters when --listen said 0).
+            pin_listen(&mut roles[i].args, listen);
+        }
         if let Some(sock) = sockets.iter().find(|s| roles[i].args.contains(s)) {
             engine.sockets.push(sock.clone());
         }
     }
     println!("processors: default {default_url}, fallback {fallback_url}; shared file {shm}");
-    println!("ready up {}", args.listen);
+    println!("ready up {listen}");
     // Each role keeps its own restart time, so one role's backoff never delays another's
     // restart (a dead balancer is not kept waiting behind a consumer that crashed twice).
     while !stop.load(Ordering::SeqCst) {

@@ -35,7 +35,7 @@ type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
 
 #[test]
 fn up_refuses_bad_settings_by_name() {
-    let cases: [Case<'_>; 7] = [
+    let cases: [Case<'_>; 8] = [
         (&["up", "--apis", "1"], &[], &["--apis", "RINHA_APIS"]),
         (&["up", "--consumers", "0"], &[], &["--consumers"]),
         (
@@ -44,6 +44,11 @@ fn up_refuses_bad_settings_by_name() {
             &["--apis", "--consumers", "40"],
         ),
         (&["up", "--cpus", "0"], &[], &["--cpus", "RINHA_CPUS"]),
+        (
+            &["up", "--fallback-port", "0"],
+            &[],
+            &["--fallback-port", "RINHA_SIM_FALLBACK_PORT"],
+        ),
         (
             &["up"],
             &[("RINHA_MEMORY_MB", "0")],

@@ -88,23 +88,20 @@ fn one_load_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A results folder of this test process that no other call uses.
+fn results_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("rinha-results-{tag}-{}-{n}", std::process::id()))
+}
+
 fn contest(extra: &[&str]) -> Outcome {
     let _alone = one_load_test_at_a_time();
-    let results = std::env::temp_dir().join(format!(
-        "rinha-results-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    let (d, f) = (free_port(), free_port());
+    let results = results_dir("contest");
+    // Port 0 everywhere: the simulators and the engine bind free ports and say which.
     let out = Command::new(env!("CARGO_BIN_EXE_rinha"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "contest",
-            "--default-port",
-            &d.to_string(),
-            "--fallback-port",
-            &f.to_string(),
-        ])
+        .args(["contest", "--default-port", "0", "--fallback-port", "0"])
         .arg("--results")
         .arg(&results)
         .args(extra)
@@ -180,13 +177,12 @@ fn smoke_profile_against_the_engine() {
     if !have_k6() {
         return;
     }
-    let port = free_port();
     let shm = common::TempShm::new("contest");
     let o = contest(&[
         "--profile",
         "smoke",
         "--listen",
-        &format!("127.0.0.1:{port}"),
+        "127.0.0.1:0",
         "--shm",
         &shm.path(),
     ]);
@@ -223,9 +219,9 @@ fn ctrl_c_stops_k6_and_the_simulators_and_still_reports() {
     }
     let _alone = one_load_test_at_a_time();
     let backend = fake_backend(ZERO);
+    // Fixed ports: the test looks at them to see the simulators stop.
     let (d, f) = (free_port(), free_port());
-    let results =
-        std::env::temp_dir().join(format!("rinha-results-int-{}-{d}", std::process::id()));
+    let results = results_dir("int");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rinha"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["contest", "--profile", "tiny", "--target"])

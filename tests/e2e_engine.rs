@@ -351,9 +351,8 @@ fn a_failed_start_up_leaves_no_api_sockets() {
 #[test]
 fn a_second_engine_on_the_same_file_leaves_the_first_alone() {
     let e = Engine::start("e2e-second-up");
-    let listen = format!("127.0.0.1:{}", free_port());
     let out = up_to_the_end(
-        &listen,
+        "127.0.0.1:0",
         &e.shm.path(),
         &format!("http://127.0.0.1:{}", e.default.1),
         &format!("http://127.0.0.1:{}", e.fallback.1),

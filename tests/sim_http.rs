@@ -236,17 +236,7 @@ fn failure_mode_answers_500_after_the_delay_and_stores_nothing() {
 
 #[test]
 fn health_checks_share_one_call_per_window() {
-    let port = free_port();
-    let _p = Proc::start(
-        &[
-            "processor",
-            "--port",
-            &port.to_string(),
-            "--health-window-ms",
-            "1000",
-        ],
-        &[],
-    );
+    let (_p, port) = processor_with(&["--health-window-ms", "1000"]);
     let t = Instant::now();
     let calls: Vec<_> = (0..4)
         .map(|i| {
@@ -290,19 +280,7 @@ fn health_checks_share_one_call_per_window() {
 
 #[test]
 fn the_limiter_queues_then_answers_429() {
-    let port = free_port();
-    let _p = Proc::start(
-        &[
-            "processor",
-            "--port",
-            &port.to_string(),
-            "--max-in-flight",
-            "2",
-            "--max-queued",
-            "1",
-        ],
-        &[],
-    );
+    let (_p, port) = processor_with(&["--max-in-flight", "2", "--max-queued", "1"]);
     admin(port, "delay", r#"{"delay":600}"#);
     let calls: Vec<_> = (0..5)
         .map(|i| {

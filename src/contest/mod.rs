@@ -64,16 +64,16 @@ pub struct Args {
     /// A backend already running (e.g. the docker deployment); otherwise `rinha up` is started.
     #[arg(long, env = "RINHA_CONTEST_TARGET")]
     pub target: Option<String>,
-    /// Port of the default processor.
+    /// Port of the default processor (0: the simulator started here takes any free port).
     #[arg(long, env = "RINHA_CONTEST_DEFAULT_PORT", default_value_t = 8001)]
     pub default_port: u16,
-    /// Port of the fallback processor.
+    /// Port of the fallback processor (0: the simulator started here takes any free port).
     #[arg(long, env = "RINHA_CONTEST_FALLBACK_PORT", default_value_t = 8002)]
     pub fallback_port: u16,
     /// Use processors already listening on those ports (e.g. contest/processors.compose.yml).
     #[arg(long, env = "RINHA_CONTEST_EXTERNAL_PROCESSORS")]
     pub external_processors: bool,
-    /// Listen address of the engine started here.
+    /// Listen address of the engine started here (port 0: any free port).
     #[arg(long, env = "RINHA_CONTEST_LISTEN", default_value = "127.0.0.1:9999")]
     pub listen: SocketAddr,
     /// Shared file of the engine started here.
@@ -382,11 +382,15 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
     }
     // Dropped in reverse order of creation: k6 (inside run_k6), the engine, the simulators.
     let mut guards = Vec::new();
+    let mut ports = [args.default_port, args.fallback_port];
     if !args.external_processors {
-        for (port, fee, name, what) in [
+        for (i, (port, fee, name, what)) in [
             (args.default_port, "0.07", "default", "default simulator"),
             (args.fallback_port, "0.10", "fallback", "fallback simulator"),
-        ] {
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let a = [
                 "processor",
                 "--port",
@@ -398,12 +402,13 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
             ]
             .map(String::from)
             .to_vec();
-            let (g, _) = procs::start_role(&a, &[], what)?;
+            let (g, ready) = procs::start_role(&a, &[], what)?;
             guards.push(g);
+            ports[i] = crate::up::ready_address(&ready, what)?.port();
         }
     }
-    let default_url = format!("http://127.0.0.1:{}", args.default_port);
-    let fallback_url = format!("http://127.0.0.1:{}", args.fallback_port);
+    let default_url = format!("http://127.0.0.1:{}", ports[0]);
+    let fallback_url = format!("http://127.0.0.1:{}", ports[1]);
     let target = match &args.target {
         Some(t) => t.trim_end_matches('/').to_string(),
         None => {
@@ -422,9 +427,10 @@ pub fn run_contest(args: &Args) -> anyhow::Result<Outcome> {
                 ("PROCESSOR_DEFAULT_URL", default_url.clone()),
                 ("PROCESSOR_FALLBACK_URL", fallback_url.clone()),
             ];
-            let (g, _) = procs::start_role(&a, &env, "engine (rinha up)")?;
+            let what = "engine (rinha up)";
+            let (g, ready) = procs::start_role(&a, &env, what)?;
             guards.push(g);
-            format!("http://{}", args.listen)
+            format!("http://{}", crate::up::ready_address(&ready, what)?)
         }
     };
     procs::wait_ready(&target)?;

@@ -132,7 +132,14 @@ impl Drop for Proc {
 /// (`ready processor 127.0.0.1:PORT`), so no other test's connection can take the port
 /// between a `free_port()` and the simulator's bind (a CI run lost that race once).
 pub fn processor(fee: &str) -> (Proc, u16) {
-    let p = Proc::start(&["processor", "--port", "0", "--fee", fee], &[]);
+    processor_with(&["--fee", fee])
+}
+
+/// A simulator on a free port (as [`processor`]) with these extra arguments.
+pub fn processor_with(extra: &[&str]) -> (Proc, u16) {
+    let mut args = vec!["processor", "--port", "0"];
+    args.extend_from_slice(extra);
+    let p = Proc::start(&args, &[]);
     let port = p
         .ready
         .rsplit(':')
@@ -287,8 +294,16 @@ impl Engine {
         let default = processor("0.07");
         let fallback = processor("0.10");
         let shm = TempShm::new(tag);
-        let port = free_port();
-        let up = Self::up_with(&shm, port, default.1, fallback.1, env);
+        // Port 0: `rinha up` binds any free port and names it in its ready line, so no other
+        // test's connection can take the port between a `free_port()` and the bind.
+        let up = Self::up_with(&shm, 0, default.1, fallback.1, env);
+        let port = up
+            .ready
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|&p: &u16| p != 0)
+            .unwrap_or_else(|| panic!("no port in rinha up's ready line {:?}", up.ready));
         Engine {
             up,
             port,
@@ -343,10 +358,11 @@ impl Engine {
                 .split(|b| *b == 0)
                 .map(|a| String::from_utf8_lossy(a).to_string())
                 .collect();
-            let mine = args.iter().any(|a| a == &self.shm.path())
-                || args
-                    .iter()
-                    .any(|a| a.contains(&format!("127.0.0.1:{}", self.port)));
+            // The APIs and consumers name the shared file; the balancer names the APIs'
+            // sockets, which are named after it.
+            let shm = self.shm.path();
+            let sockets = format!("{shm}.api-");
+            let mine = args.iter().any(|a| a == &shm || a.starts_with(&sockets));
             if mine && args.get(1).map(String::as_str) == Some(role) {
                 pids.push(pid);
             }
