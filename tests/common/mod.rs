@@ -105,6 +105,16 @@ impl Proc {
         self.child.id()
     }
 
+    /// The port its ready line ends with (`ready up 127.0.0.1:PORT`): the one it bound.
+    pub fn ready_port(&self) -> u16 {
+        self.ready
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|&p: &u16| p != 0)
+            .unwrap_or_else(|| panic!("no port in the ready line {:?}", self.ready))
+    }
+
     /// SIGTERM, then wait.
     pub fn stop(&mut self) {
         let _ = Command::new("kill")
@@ -140,12 +150,7 @@ pub fn processor_with(extra: &[&str]) -> (Proc, u16) {
     let mut args = vec!["processor", "--port", "0"];
     args.extend_from_slice(extra);
     let p = Proc::start(&args, &[]);
-    let port = p
-        .ready
-        .rsplit(':')
-        .next()
-        .and_then(|port| port.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no port in the simulator's ready line {:?}", p.ready));
+    let port = p.ready_port();
     (p, port)
 }
 
@@ -297,13 +302,7 @@ impl Engine {
         // Port 0: `rinha up` binds any free port and names it in its ready line, so no other
         // test's connection can take the port between a `free_port()` and the bind.
         let up = Self::up_with(&shm, 0, default.1, fallback.1, env);
-        let port = up
-            .ready
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .filter(|&p: &u16| p != 0)
-            .unwrap_or_else(|| panic!("no port in rinha up's ready line {:?}", up.ready));
+        let port = up.ready_port();
         Engine {
             up,
             port,
