@@ -319,11 +319,15 @@ fn a_misbehaving_default_and_a_stopped_fallback_lose_and_double_nothing() {
     admin(r.default.1, "chaos", r#"{"mode":"none"}"#);
     r.push_paced(n..n + 60, 100);
     n += 60;
-    // Fallback comes back (empty): nothing may be there.
+    // Fallback comes back, empty. Payments that default stored but answered with a reset, a
+    // cut or garbage (unknown outcomes) must stay with default; `settle` (the two books hold
+    // `n` payments together) and `exactly_once` (each in one book, recorded with the
+    // requestedAt that book stored) fail if any of them is sent to fallback as well. Payments
+    // that were answered 429 or never sent may go to fallback once it is back: whether any do
+    // depends on which processor becomes usable first, so the test does not count them.
     let port = r.fallback.1.to_string();
     r.fallback.0 = Proc::start(&["processor", "--port", &port, "--fee", "0.10"], &[]);
     r.settle(n, Duration::from_secs(60));
-    assert_eq!(admin_summary(r.fallback.1, "").0, 0);
     r.exactly_once(0..n, t0 - 10, now_ms() + 10, 20);
 }
 
