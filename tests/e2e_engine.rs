@@ -224,8 +224,13 @@ fn killed_roles_restart_and_nothing_acknowledged_is_lost_or_doubled() {
         .enumerate()
     {
         std::thread::sleep(Duration::from_millis(300 + 150 * i as u64));
-        let pids = e.role_pids(role);
-        assert!(!pids.is_empty(), "no {role} process found");
+        // A role killed just before may still be restarting (backoff, then exec).
+        let mut pids = Vec::new();
+        let found = eventually(Duration::from_secs(10), || {
+            pids = e.role_pids(role);
+            !pids.is_empty()
+        });
+        assert!(found, "no {role} process found");
         kill9(pids[i % pids.len()]);
     }
     let acked = loader.join().expect("loader");

@@ -189,7 +189,10 @@ fn delay_is_applied_and_not_cancelled_by_a_client_that_leaves() {
     assert!(t.elapsed() >= Duration::from_millis(400));
     let health = request(port, "GET", "/payments/service-health", None, &[]).unwrap();
     assert_eq!(health.body, r#"{"failing":false,"minResponseTime":400}"#);
-    // Send and hang up at once: the payment is stored when the delay ends.
+    // Send and hang up at once: the payment is stored when the delay ends. A delay of 1.5 s
+    // leaves a slow machine room to ask before it ends.
+    admin(port, "delay", r#"{"delay":1500}"#);
+    let sent = Instant::now();
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let body = pay_body(&uuid_n(2), "1", "2025-07-10T12:00:00.000Z");
     write!(
@@ -205,12 +208,14 @@ fn delay_is_applied_and_not_cancelled_by_a_client_that_leaves() {
             .status,
         404
     );
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
+    let stored = eventually(Duration::from_secs(10), || {
         request(port, "GET", &format!("/payments/{}", uuid_n(2)), None, &[])
-            .unwrap()
-            .status,
-        200
+            .is_some_and(|a| a.status == 200)
+    });
+    assert!(stored, "a payment whose sender hung up was not stored");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1500),
+        "stored before its delay ended"
     );
 }
 
@@ -281,10 +286,15 @@ fn health_checks_share_one_call_per_window() {
 #[test]
 fn the_limiter_queues_then_answers_429() {
     let (_p, port) = processor_with(&["--max-in-flight", "2", "--max-queued", "1"]);
-    admin(port, "delay", r#"{"delay":600}"#);
+    // The five calls must all arrive while the first two are held, so the delay is long and
+    // the threads start together.
+    admin(port, "delay", r#"{"delay":2000}"#);
+    let start = std::sync::Arc::new(std::sync::Barrier::new(5));
     let calls: Vec<_> = (0..5)
         .map(|i| {
+            let start = std::sync::Arc::clone(&start);
             std::thread::spawn(move || {
+                start.wait();
                 pay(port, &uuid_n(i), "1", "2025-07-10T12:00:00.000Z").status
             })
         })
