@@ -571,8 +571,18 @@ fn connection<H: Handler>(
     }
 }
 
-/// Binds a coroutine TCP listener (port 0 picks a free port).
+/// Binds a coroutine TCP listener (port 0 picks a free port). A port another process
+/// listens on is an error ("Address already in use").
+///
+/// `may` binds with `SO_REUSEPORT`, so on its own it would share a port with any other
+/// listener that set it too (a stale simulator, say) and the kernel would split the
+/// connections between the two without a word. A plain bind first, without that option,
+/// fails on a port somebody listens on; it is closed before `may` binds (it never listened,
+/// so it leaves nothing behind).
 pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     TcpListener::bind(addr)
 }
 
