@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{iso, raw, request, uuid_n, Proc, TempShm};
+use common::{iso, raw, request, run_to_exit, uuid_n, Proc, TempShm};
 use rinha::shm::{Payment, Processor, Region, RegionConfig, Role};
 
 struct Api {
@@ -511,38 +511,6 @@ fn a_full_connection_table_answers_503_before_closing() {
         request(api.addr.port(), "GET", "/payments-summary", None, &[])
             .is_some_and(|a| a.status == 200)
     }));
-}
-
-/// Runs `rinha ARGS`, which must exit within 10 s; returns whether it succeeded and its stderr
-/// (a process still running after 10 s is killed and reported as such).
-fn run_to_exit(args: &[&str]) -> (bool, String) {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rinha"))
-        .args(args)
-        .env_remove("RINHA_API_MAX_CONNECTIONS")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn rinha");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            return (true, "still running after 10 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut err = String::new();
-    let _ = child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut err);
-    (status.success(), err)
 }
 
 /// `--max-connections 0` is refused before the shared file is opened (it is not created).

@@ -361,23 +361,11 @@ fn wrong_methods_get_405_with_allow() {
 #[test]
 fn a_port_another_simulator_listens_on_is_refused() {
     let (_first, port) = processor("0.07");
-    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_rinha"))
-        .args(["processor", "--port", &port.to_string(), "--fee", "0.07"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run rinha");
-    let exited = eventually(Duration::from_secs(10), || {
-        matches!(second.try_wait(), Ok(Some(_)))
-    });
-    if !exited {
-        let _ = second.kill();
-        let _ = second.wait();
-        panic!("a second simulator started on port {port}, taken by the first");
-    }
-    let out = second.wait_with_output().expect("its output");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = run_to_exit(&["processor", "--port", &port.to_string(), "--fee", "0.07"]);
+    assert!(
+        !ok,
+        "a second simulator on port {port}, taken by the first: {err}"
+    );
     assert!(
         err.contains(&port.to_string()) && err.contains("in use"),
         "{err}"

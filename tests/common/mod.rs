@@ -425,3 +425,35 @@ impl Engine {
 pub fn kill9(pid: u32) {
     let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
 }
+
+/// Runs `rinha ARGS`, which must exit within 10 s; returns whether it succeeded and its stderr
+/// (a process still running after 10 s is killed and reported as such). The API's connection
+/// bound from the environment is removed, so that a test of its own setting is not overridden.
+pub fn run_to_exit(args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rinha"))
+        .args(args)
+        .env_remove("RINHA_API_MAX_CONNECTIONS")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rinha");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (true, "still running after 10 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    (status.success(), err)
+}
